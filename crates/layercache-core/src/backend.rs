@@ -1,0 +1,70 @@
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+
+use crate::entry::Entry;
+use crate::error::Result;
+use crate::key::{Key, Namespace};
+
+/// A cache tier: the one seam every tier, guard, strategy and test goes through.
+///
+/// The trait is dyn-compatible, so tiers compose as `Arc<dyn Backend<V>>`.
+///
+/// # Contract
+///
+/// - A miss is `Ok(None)`, never an error. Errors mean the tier could not answer (unreachable,
+///   timed out); bytes a tier cannot decode are a miss (and a counted metric), not an error.
+/// - An entry past its [`stale_until`](crate::EntryMeta::stale_until), by the backend's clock, is
+///   never returned. Stale entries (past `fresh_until`) are returned: the caller decides.
+/// - `set` of an entry that is already expired removes the key.
+/// - The batch forms answer in the order of their input. Their default implementations loop over
+///   the single forms; network backends override them with one round trip.
+/// - [`clear`](Backend::clear) removes the keys of one [`Namespace`] and nothing else.
+///
+/// The `layercache-testkit` crate's conformance suite checks this contract for any backend.
+#[async_trait]
+pub trait Backend<V>: Send + Sync + Debug
+where
+    V: Send + Sync + 'static,
+{
+    /// The entry under `key`, or `None`.
+    async fn get(&self, key: &Key) -> Result<Option<Entry<V>>>;
+
+    /// Stores `entry` under `key`, replacing what was there, until the entry's `stale_until`.
+    async fn set(&self, key: &Key, entry: Entry<V>) -> Result<()>;
+
+    /// Removes `key`; `true` when it was present.
+    async fn delete(&self, key: &Key) -> Result<bool>;
+
+    /// The entries under `keys`, in the same order.
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry<V>>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
+    /// Stores every `(key, entry)` pair.
+    async fn set_many(&self, items: Vec<(Key, Entry<V>)>) -> Result<()> {
+        for (key, entry) in items {
+            self.set(&key, entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes `keys`; returns how many were present.
+    async fn delete_many(&self, keys: &[Key]) -> Result<u64> {
+        let mut removed = 0;
+        for key in keys {
+            removed += u64::from(self.delete(key).await?);
+        }
+        Ok(removed)
+    }
+
+    /// Removes every key of `namespace`; returns how many were removed.
+    async fn clear(&self, namespace: &Namespace) -> Result<u64>;
+
+    /// A short name for the backend, for messages and metrics (`"moka"`, `"redis"`).
+    fn name(&self) -> &'static str;
+}

@@ -1,0 +1,166 @@
+use std::fmt::Debug;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+
+/// Why bytes could not become a value, or a value bytes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The value could not be serialized.
+    #[error("cannot encode value: {0}")]
+    Encode(String),
+    /// The payload could not be deserialized into the requested type.
+    #[error("cannot decode value: {0}")]
+    Decode(String),
+    /// The bytes do not start with layercache's envelope header: foreign bytes.
+    #[error("not a layercache envelope (foreign bytes)")]
+    NotAnEnvelope,
+    /// The envelope was written by a format version this release does not read.
+    #[error("unsupported envelope format version {0}")]
+    UnsupportedVersion(u8),
+    /// The envelope was written with another codec than the reader's.
+    #[error("value was written with codec {found}, reader uses codec {expected}")]
+    CodecMismatch {
+        /// The reader's codec id.
+        expected: u8,
+        /// The codec id in the envelope.
+        found: u8,
+    },
+    /// The envelope sets flags this release does not know.
+    #[error("unknown envelope flags {0:#04x}")]
+    UnknownFlags(u8),
+    /// The envelope ends before its header or meta does, or its meta is inconsistent.
+    #[error("corrupt envelope: {0}")]
+    Corrupt(&'static str),
+}
+
+impl From<CodecError> for Error {
+    fn from(e: CodecError) -> Self {
+        Error::codec(e.to_string()).with_source(e)
+    }
+}
+
+/// How values become bytes for a shared tier, and back.
+///
+/// A codec has a one-byte [id](Codec::id) written into every envelope, so a reader configured
+/// with another codec sees a [`CodecError::CodecMismatch`] instead of misreading the bytes.
+/// Ids 0–127 are reserved for layercache's codecs; use 128–255 for your own.
+pub trait Codec: Send + Sync + Debug + 'static {
+    /// The id written into envelopes.
+    fn id(&self) -> u8;
+
+    /// A short name, for messages and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Appends the encoding of `value` to `out`.
+    fn encode<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>)
+    -> Result<(), CodecError>;
+
+    /// Decodes a value from `bytes`.
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError>;
+}
+
+/// JSON through serde_json: the default, because other languages can read it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JsonCodec;
+
+impl Codec for JsonCodec {
+    fn id(&self) -> u8 {
+        1
+    }
+
+    fn name(&self) -> &'static str {
+        "json"
+    }
+
+    fn encode<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        serde_json::to_writer(out, value).map_err(|e| CodecError::Encode(e.to_string()))
+    }
+
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        serde_json::from_slice(bytes).map_err(|e| CodecError::Decode(e.to_string()))
+    }
+}
+
+/// MessagePack through rmp-serde: compact, binary, and still readable from other languages.
+/// Structs are written as maps (with field names), so adding an optional field stays compatible.
+#[cfg(feature = "msgpack")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MsgPackCodec;
+
+#[cfg(feature = "msgpack")]
+impl Codec for MsgPackCodec {
+    fn id(&self) -> u8 {
+        2
+    }
+
+    fn name(&self) -> &'static str {
+        "msgpack"
+    }
+
+    fn encode<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        let mut ser = rmp_serde::Serializer::new(out).with_struct_map();
+        value
+            .serialize(&mut ser)
+            .map_err(|e| CodecError::Encode(e.to_string()))
+    }
+
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        rmp_serde::from_slice(bytes).map_err(|e| CodecError::Decode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct User {
+        id: u64,
+        name: String,
+    }
+
+    fn round_trip(codec: &impl Codec) {
+        let user = User {
+            id: 7,
+            name: "Ada Lovelace".into(),
+        };
+        let mut buf = Vec::new();
+        codec.encode(&user, &mut buf).unwrap();
+        assert_eq!(codec.decode::<User>(&buf).unwrap(), user);
+        assert!(matches!(
+            codec.decode::<User>(b"\xff\x00garbage"),
+            Err(CodecError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn json_round_trips() {
+        round_trip(&JsonCodec);
+    }
+
+    #[cfg(feature = "msgpack")]
+    #[test]
+    fn msgpack_round_trips_and_is_smaller() {
+        round_trip(&MsgPackCodec);
+        let user = User {
+            id: 7,
+            name: "Ada".into(),
+        };
+        let (mut j, mut m) = (Vec::new(), Vec::new());
+        JsonCodec.encode(&user, &mut j).unwrap();
+        MsgPackCodec.encode(&user, &mut m).unwrap();
+        assert!(m.len() < j.len());
+    }
+}
