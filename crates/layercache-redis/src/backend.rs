@@ -1,0 +1,477 @@
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use layercache_core::{
+    Backend, Clock, Codec, Entry, Error, JsonCodec, Key, Namespace, Result, SharedClock,
+    SystemClock, Timestamp, async_trait, envelope,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::connection::{Connection, Idempotent, Request, redis_error};
+use crate::url::{escape_glob, redact};
+
+/// The default bound on one Redis command, retry included (250 ms).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// The default bound on establishing a connection (1 s).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default longest pause between reconnection attempts (1 s).
+pub const DEFAULT_MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// The default number of keys asked of each SCAN (and removed by each UNLINK) in `clear`.
+pub const DEFAULT_SCAN_BATCH: usize = 500;
+/// The default size of the optional connection pool.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// A point-in-time view of a [`RedisBackend`]'s counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Reads that found a live, decodable entry.
+    pub hits: u64,
+    /// Reads that found nothing, an expired entry or bytes that do not decode.
+    pub misses: u64,
+    /// Values that were present but did not decode (foreign, corrupt, or another codec or format
+    /// version); each is also counted as a miss.
+    pub decode_failures: u64,
+    /// Commands that failed (timeouts included).
+    pub errors: u64,
+    /// Commands that timed out.
+    pub timeouts: u64,
+    /// Idempotent commands retried after a dropped connection.
+    pub retries: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    decode_failures: AtomicU64,
+}
+
+/// Builds a [`RedisBackend`]; see [`RedisBackend::builder`].
+#[derive(Debug)]
+pub struct RedisBackendBuilder<C = JsonCodec> {
+    url: String,
+    codec: C,
+    clock: SharedClock,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    max_reconnect_delay: Duration,
+    pool_size: Option<usize>,
+    scan_batch: usize,
+}
+
+impl<C: Codec> RedisBackendBuilder<C> {
+    /// The codec values are stored with (default [`JsonCodec`]).
+    pub fn codec<C2: Codec>(self, codec: C2) -> RedisBackendBuilder<C2> {
+        RedisBackendBuilder {
+            url: self.url,
+            codec,
+            clock: self.clock,
+            command_timeout: self.command_timeout,
+            connect_timeout: self.connect_timeout,
+            max_reconnect_delay: self.max_reconnect_delay,
+            pool_size: self.pool_size,
+            scan_batch: self.scan_batch,
+        }
+    }
+
+    /// The clock that decides expiry (default the system clock).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The bound on each command, including its one retry (default [`DEFAULT_COMMAND_TIMEOUT`]).
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// The bound on establishing a connection (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest pause between reconnection attempts (default [`DEFAULT_MAX_RECONNECT_DELAY`]).
+    #[must_use]
+    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.max_reconnect_delay = delay;
+        self
+    }
+
+    /// Use a deadpool-redis pool of `size` connections instead of the shared multiplexed
+    /// connection. The shared connection is the better default for the short, non-blocking commands
+    /// a cache sends; a pool pays for blocking commands or for isolating heavy callers.
+    #[must_use]
+    pub fn pool(mut self, size: usize) -> Self {
+        self.pool_size = Some(size);
+        self
+    }
+
+    /// Keys per SCAN and per UNLINK in [`Backend::clear`] (default [`DEFAULT_SCAN_BATCH`]).
+    #[must_use]
+    pub fn scan_batch(mut self, batch: usize) -> Self {
+        self.scan_batch = batch;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::config("redis timeouts must be greater than zero"));
+        }
+        if self.scan_batch == 0 || self.pool_size == Some(0) {
+            return Err(Error::config(
+                "scan_batch and pool size must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    fn client(&self) -> Result<redis::Client> {
+        redis::Client::open(self.url.as_str()).map_err(|e| {
+            Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
+        })
+    }
+
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            .set_max_delay(self.max_reconnect_delay)
+    }
+
+    fn pool_connection(&self, size: usize) -> Result<Connection> {
+        let pool = deadpool_redis::Config::from_url(self.url.as_str())
+            .builder()
+            .map_err(|e| {
+                Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
+            })?
+            .max_size(size)
+            .wait_timeout(Some(self.command_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::config("cannot build the redis pool").with_source(e))?;
+        Ok(Connection::pool(pool, self.command_timeout))
+    }
+
+    fn finish(self, conn: Connection) -> RedisBackend<C> {
+        RedisBackend {
+            conn,
+            codec: self.codec,
+            clock: self.clock,
+            redacted_url: redact(&self.url),
+            scan_batch: self.scan_batch,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Connects, and fails with an `Unavailable` or `Timeout` error when Redis cannot be reached.
+    pub async fn connect(self) -> Result<RedisBackend<C>> {
+        self.check()?;
+        let conn = match self.pool_size {
+            Some(size) => self.pool_connection(size)?,
+            None => {
+                let client = self.client()?;
+                let connecting = ConnectionManager::new_with_config(client, self.manager_config());
+                let manager = tokio::time::timeout(self.connect_timeout, connecting)
+                    .await
+                    .map_err(|_| {
+                        Error::timeout(format!("connecting to {} timed out", redact(&self.url)))
+                    })?
+                    .map_err(|e| {
+                        redis_error(e).context(format!("connecting to {}", redact(&self.url)))
+                    })?;
+                Connection::manager(manager, self.command_timeout)
+            }
+        };
+        let backend = self.finish(conn);
+        backend.ping().await?;
+        Ok(backend)
+    }
+
+    /// Builds the backend without connecting: the connection is made on first use. A service can
+    /// start while Redis is down; calls fail fast (and callers fall back) until it is up.
+    pub fn connect_lazy(self) -> Result<RedisBackend<C>> {
+        self.check()?;
+        let conn = match self.pool_size {
+            Some(size) => self.pool_connection(size)?,
+            None => {
+                let manager =
+                    ConnectionManager::new_lazy_with_config(self.client()?, self.manager_config())
+                        .map_err(|e| redis_error(e).context("creating the redis connection"))?;
+                Connection::manager(manager, self.command_timeout)
+            }
+        };
+        Ok(self.finish(conn))
+    }
+}
+
+/// The shared tier: entries stored in Redis as [envelopes](layercache_core::envelope).
+///
+/// - Values go through a [`Codec`] (JSON by default) inside a versioned envelope that carries the
+///   entry's meta; Redis expiry (`PX`) is the entry's `stale_until`.
+/// - Bytes that do not decode — written by another program, an older release or another codec —
+///   read as a miss and count in [`RedisStats::decode_failures`]; they never panic or error.
+/// - `get_many` is one MGET, `set_many` one pipeline, `delete_many` one UNLINK, and `clear` SCANs
+///   and UNLINKs in batches (never KEYS).
+/// - Every command is bounded by the command timeout; idempotent reads are retried once after a
+///   dropped connection.
+///
+/// `Debug` output shows the URL with its password redacted. Cloning is cheap and shares the
+/// connection.
+pub struct RedisBackend<C = JsonCodec> {
+    conn: Connection,
+    codec: C,
+    clock: SharedClock,
+    redacted_url: String,
+    scan_batch: usize,
+    counters: Arc<Counters>,
+}
+
+impl<C: Clone> Clone for RedisBackend<C> {
+    fn clone(&self) -> Self {
+        RedisBackend {
+            conn: self.conn.clone(),
+            codec: self.codec.clone(),
+            clock: Arc::clone(&self.clock),
+            redacted_url: self.redacted_url.clone(),
+            scan_batch: self.scan_batch,
+            counters: Arc::clone(&self.counters),
+        }
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for RedisBackend<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.redacted_url)
+            .field("codec", &self.codec)
+            .field("connection", &self.conn)
+            .finish()
+    }
+}
+
+impl RedisBackend<JsonCodec> {
+    /// A builder for the Redis at `url` (`redis://[user[:password]@]host[:port][/db]`, or
+    /// `rediss://` with the `tls` feature), with the JSON codec and the defaults above.
+    pub fn builder(url: impl Into<String>) -> RedisBackendBuilder<JsonCodec> {
+        RedisBackendBuilder {
+            url: url.into(),
+            codec: JsonCodec,
+            clock: Arc::new(SystemClock),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_reconnect_delay: DEFAULT_MAX_RECONNECT_DELAY,
+            pool_size: None,
+            scan_batch: DEFAULT_SCAN_BATCH,
+        }
+    }
+
+    /// Connects to `url` with the defaults.
+    pub async fn connect(url: impl Into<String>) -> Result<Self> {
+        Self::builder(url).connect().await
+    }
+}
+
+impl<C: Codec> RedisBackend<C> {
+    /// The counters so far.
+    pub fn stats(&self) -> RedisStats {
+        let conn = &self.conn.counters;
+        RedisStats {
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            misses: self.counters.misses.load(Ordering::Relaxed),
+            decode_failures: self.counters.decode_failures.load(Ordering::Relaxed),
+            errors: conn.errors.load(Ordering::Relaxed),
+            timeouts: conn.timeouts.load(Ordering::Relaxed),
+            retries: conn.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends a PING: `Ok` when Redis answers within the command timeout.
+    pub async fn ping(&self) -> Result<()> {
+        let _: String = self
+            .conn
+            .query(Request::Cmd(&redis::cmd("PING")), Idempotent::Yes)
+            .await?;
+        Ok(())
+    }
+
+    fn decode<V: DeserializeOwned>(
+        &self,
+        key: &Key,
+        bytes: Option<Vec<u8>>,
+        now: Timestamp,
+    ) -> Option<Entry<V>> {
+        let entry = bytes.and_then(
+            |bytes| match envelope::decode::<C, V>(&self.codec, &bytes) {
+                Ok(entry) => Some(entry),
+                Err(error) => {
+                    self.counters
+                        .decode_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%key, %error, "value in redis does not decode; read as a miss");
+                    None
+                }
+            },
+        );
+        match entry {
+            Some(entry) if !entry.meta.is_expired(now) => {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                Some(entry)
+            }
+            _ => {
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Adds the command that stores `entry` (or removes `key` if the entry is already expired).
+    fn push_set<V: Serialize>(
+        &self,
+        pipe: &mut redis::Pipeline,
+        key: &Key,
+        entry: &Entry<V>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let ttl = entry.meta.time_to_live(now);
+        if ttl.is_zero() {
+            pipe.cmd("UNLINK").arg(key.as_str()).ignore();
+        } else {
+            let bytes = envelope::encode(&self.codec, entry)?;
+            let px = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            pipe.cmd("SET")
+                .arg(key.as_str())
+                .arg(bytes)
+                .arg("PX")
+                .arg(px)
+                .ignore();
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<C, V> Backend<V> for RedisBackend<C>
+where
+    C: Codec,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    async fn get(&self, key: &Key) -> Result<Option<Entry<V>>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key.as_str());
+        let bytes: Option<Vec<u8>> = self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await?;
+        Ok(self.decode(key, bytes, self.clock.now()))
+    }
+
+    async fn set(&self, key: &Key, entry: Entry<V>) -> Result<()> {
+        let mut pipe = redis::pipe();
+        self.push_set(&mut pipe, key, &entry, self.clock.now())?;
+        // SET and UNLINK give the same result when sent twice.
+        self.conn
+            .query::<()>(Request::Pipe(&pipe), Idempotent::Yes)
+            .await
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        let mut cmd = redis::cmd("UNLINK");
+        cmd.arg(key.as_str());
+        let removed: u64 = self.conn.query(Request::Cmd(&cmd), Idempotent::No).await?;
+        Ok(removed > 0)
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry<V>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for key in keys {
+            cmd.arg(key.as_str());
+        }
+        let values: Vec<Option<Vec<u8>>> =
+            self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await?;
+        if values.len() != keys.len() {
+            return Err(Error::unavailable(format!(
+                "MGET of {} keys answered {} values",
+                keys.len(),
+                values.len()
+            )));
+        }
+        let now = self.clock.now();
+        Ok(keys
+            .iter()
+            .zip(values)
+            .map(|(key, bytes)| self.decode(key, bytes, now))
+            .collect())
+    }
+
+    async fn set_many(&self, items: Vec<(Key, Entry<V>)>) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let mut pipe = redis::pipe();
+        for (key, entry) in &items {
+            self.push_set(&mut pipe, key, entry, now)?;
+        }
+        self.conn
+            .query::<()>(Request::Pipe(&pipe), Idempotent::Yes)
+            .await
+    }
+
+    async fn delete_many(&self, keys: &[Key]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("UNLINK");
+        for key in keys {
+            cmd.arg(key.as_str());
+        }
+        self.conn.query(Request::Cmd(&cmd), Idempotent::No).await
+    }
+
+    async fn clear(&self, namespace: &Namespace) -> Result<u64> {
+        let pattern = format!("{}*", escape_glob(namespace.scope()));
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(self.scan_batch);
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .conn
+                .query(Request::Cmd(&scan), Idempotent::Yes)
+                .await?;
+            for chunk in keys.chunks(self.scan_batch) {
+                let mut unlink = redis::cmd("UNLINK");
+                for key in chunk {
+                    unlink.arg(key.as_slice());
+                }
+                removed += self
+                    .conn
+                    .query::<u64>(Request::Cmd(&unlink), Idempotent::No)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}

@@ -1,0 +1,160 @@
+//! How commands reach Redis: one shared multiplexed `ConnectionManager`, or a deadpool pool.
+//!
+//! Every command goes through [`Connection::query`], which bounds it by the command timeout and
+//! retries an idempotent command once after a dropped connection (a `ConnectionManager` fails the
+//! first request after a drop while it reconnects). A Redis Cluster connection becomes one more
+//! variant here; nothing above this module knows which kind it talks to.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use layercache_core::{Error, Result};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError};
+
+/// One command or one pipeline.
+#[derive(Clone, Copy)]
+pub(crate) enum Request<'a> {
+    Cmd(&'a Cmd),
+    Pipe(&'a Pipeline),
+}
+
+/// Whether a request may be sent twice.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Idempotent {
+    Yes,
+    No,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Manager(ConnectionManager),
+    Pool(deadpool_redis::Pool),
+}
+
+/// Counters kept by the connection layer.
+#[derive(Debug, Default)]
+pub(crate) struct ConnCounters {
+    pub(crate) errors: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) retries: AtomicU64,
+}
+
+#[derive(Clone)]
+pub(crate) struct Connection {
+    inner: Inner,
+    timeout: Duration,
+    pub(crate) counters: Arc<ConnCounters>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.inner {
+            Inner::Manager(_) => "ConnectionManager",
+            Inner::Pool(_) => "Pool",
+        };
+        f.debug_struct("Connection")
+            .field("kind", &kind)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+async fn exec<T: FromRedisValue>(
+    conn: &mut impl ConnectionLike,
+    req: Request<'_>,
+) -> Result<T, RedisError> {
+    match req {
+        Request::Cmd(cmd) => cmd.query_async(conn).await,
+        Request::Pipe(pipe) => pipe.query_async(conn).await,
+    }
+}
+
+fn is_dropped(e: &RedisError) -> bool {
+    e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
+}
+
+pub(crate) fn redis_error(e: RedisError) -> Error {
+    if e.is_timeout() {
+        Error::timeout("redis command timed out").with_source(e)
+    } else {
+        let temporary = is_dropped(&e) || e.is_timeout() || e.is_cluster_error();
+        Error::unavailable("redis command failed")
+            .with_source(e)
+            .set_temporary(temporary)
+    }
+}
+
+impl Connection {
+    pub(crate) fn manager(manager: ConnectionManager, timeout: Duration) -> Self {
+        Self::new(Inner::Manager(manager), timeout)
+    }
+
+    pub(crate) fn pool(pool: deadpool_redis::Pool, timeout: Duration) -> Self {
+        Self::new(Inner::Pool(pool), timeout)
+    }
+
+    fn new(inner: Inner, timeout: Duration) -> Self {
+        Connection {
+            inner,
+            timeout,
+            counters: Arc::default(),
+        }
+    }
+
+    async fn once<T: FromRedisValue>(&self, req: Request<'_>) -> Result<T, Attempt> {
+        match &self.inner {
+            Inner::Manager(manager) => {
+                // A clone of a ConnectionManager is a handle on the same multiplexed connection.
+                let mut conn = manager.clone();
+                exec(&mut conn, req).await.map_err(Attempt::Redis)
+            }
+            Inner::Pool(pool) => {
+                let mut conn = pool.get().await.map_err(|e| {
+                    Attempt::Other(Error::unavailable("no pooled redis connection").with_source(e))
+                })?;
+                exec(&mut *conn, req).await.map_err(Attempt::Redis)
+            }
+        }
+    }
+
+    /// Sends `req`, bounded by the command timeout, retrying once after a dropped connection when
+    /// the request is idempotent.
+    pub(crate) async fn query<T: FromRedisValue>(
+        &self,
+        req: Request<'_>,
+        idempotent: Idempotent,
+    ) -> Result<T> {
+        let attempt = async {
+            match self.once(req).await {
+                Err(Attempt::Redis(e)) if idempotent == Idempotent::Yes && is_dropped(&e) => {
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "redis connection dropped; retrying once");
+                    self.once(req).await
+                }
+                other => other,
+            }
+        };
+        let result = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(Attempt::Redis(e))) => redis_error(e),
+            Ok(Err(Attempt::Other(e))) => e,
+            Err(_) => {
+                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                Error::timeout(format!(
+                    "redis command exceeded its {:?} timeout",
+                    self.timeout
+                ))
+            }
+        };
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        Err(result)
+    }
+}
+
+enum Attempt {
+    Redis(RedisError),
+    Other(Error),
+}

@@ -1,0 +1,42 @@
+//! The shared backend conformance suite, over the shared connection and over a pool.
+
+mod manager {
+    use std::sync::Arc;
+
+    use layercache_redis::RedisBackend;
+    use layercache_testkit::ManualClock;
+    use layercache_testkit::conformance::Subject;
+
+    async fn setup() -> Subject {
+        let clock = ManualClock::starting_now();
+        let backend = RedisBackend::builder(crate::shared_server().url())
+            .clock(clock.clone())
+            .connect()
+            .await
+            .unwrap();
+        Subject::new(Arc::new(backend), clock)
+    }
+
+    layercache_testkit::backend_conformance!(setup);
+}
+
+mod pool {
+    use std::sync::Arc;
+
+    use layercache_redis::RedisBackend;
+    use layercache_testkit::ManualClock;
+    use layercache_testkit::conformance::Subject;
+
+    async fn setup() -> Subject {
+        let clock = ManualClock::starting_now();
+        let backend = RedisBackend::builder(crate::shared_server().url())
+            .clock(clock.clone())
+            .pool(4)
+            .connect()
+            .await
+            .unwrap();
+        Subject::new(Arc::new(backend), clock)
+    }
+
+    layercache_testkit::backend_conformance!(setup);
+}

@@ -1,0 +1,17 @@
+//! Integration tests of the Redis backend, against real `redis-server` processes from the testkit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod conformance;
+mod faults;
+
+use std::sync::OnceLock;
+
+use layercache_testkit::RedisServer;
+
+/// One server shared by the tests that need no fault of their own; the cases isolate themselves
+/// with unique key spaces. The testkit's watchdog stops it when the test process exits.
+fn shared_server() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
