@@ -1,1 +1,64 @@
-//! Benches crate.
+//! Shared fixtures for the layercache benchmarks (`benches/benches/*.rs`).
+//!
+//! Every group measures layercache against its raw baseline (moka, redis-rs) in the same run, on
+//! the same value: a [`Payload`] whose JSON is exactly [`PAYLOAD_JSON_LEN`] bytes (1 KiB).
+
+use serde::{Deserialize, Serialize};
+
+/// The length, in bytes, of the JSON of every [`Payload::new`].
+pub const PAYLOAD_JSON_LEN: usize = 1024;
+
+/// A typical cached record: a few fields and a body, about 1 KiB as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// An identifier.
+    pub id: u64,
+    /// A short name.
+    pub name: String,
+    /// A handful of tags.
+    pub tags: Vec<String>,
+    /// The bulk of the record, padded so the JSON is exactly [`PAYLOAD_JSON_LEN`] bytes.
+    pub body: String,
+}
+
+impl Payload {
+    /// A payload for `id` whose JSON (`serde_json::to_vec`) is exactly [`PAYLOAD_JSON_LEN`] bytes
+    /// for any `id` up to `10^12` (the body absorbs the length of the other fields).
+    pub fn new(id: u64) -> Self {
+        let mut payload = Payload {
+            id,
+            name: format!("user-{id}"),
+            tags: ["alpha", "beta", "gamma", "delta"]
+                .iter()
+                .map(|t| format!("{t}-{id}"))
+                .collect(),
+            body: String::new(),
+        };
+        // Plain ASCII without quotes or backslashes: one JSON byte per character.
+        let overhead = serde_json::to_vec(&payload).map_or(0, |json| json.len());
+        let pad = PAYLOAD_JSON_LEN.saturating_sub(overhead);
+        payload.body = "lorem ipsum dolor sit amet "
+            .chars()
+            .cycle()
+            .take(pad)
+            .collect();
+        payload
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn payload_json_is_one_kib_and_round_trips() {
+        for id in [0, 7, 42_000, 999_999_999_999] {
+            let payload = Payload::new(id);
+            let json = serde_json::to_vec(&payload).unwrap();
+            assert_eq!(json.len(), PAYLOAD_JSON_LEN, "id {id}");
+            let back: Payload = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back, payload);
+        }
+    }
+}

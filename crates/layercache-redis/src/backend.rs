@@ -116,6 +116,12 @@ impl<C: Codec> RedisBackendBuilder<C> {
         self
     }
 
+    /// Use a deadpool-redis pool of [`DEFAULT_POOL_SIZE`] connections; see [`pool`](Self::pool).
+    #[must_use]
+    pub fn pooled(self) -> Self {
+        self.pool(DEFAULT_POOL_SIZE)
+    }
+
     /// Keys per SCAN and per UNLINK in [`Backend::clear`] (default [`DEFAULT_SCAN_BATCH`]).
     #[must_use]
     pub fn scan_batch(mut self, batch: usize) -> Self {

@@ -447,33 +447,25 @@ fn a_server_can_live_in_a_static_and_be_shared() {
 /// Environment variable that turns [`helper_exit_without_drop`] on.
 const HELPER_ENV: &str = "LAYERCACHE_TESTKIT_EXIT_HELPER";
 
-/// Not a test by itself: run in a child process by
-/// [`watchdog_cleans_up_when_the_test_process_exits_without_drop`].
-#[test]
-#[ignore = "helper process for watchdog_cleans_up_when_the_test_process_exits_without_drop"]
-fn helper_exit_without_drop() {
-    if std::env::var_os(HELPER_ENV).is_none() {
-        return;
-    }
-    let server = RedisServer::start();
-    println!(
-        "HELPER port={} dir={}",
-        server.port(),
-        server.dir().display()
-    );
-    let _ = io::stdout().flush();
-    // Exit without running any destructor, as a process holding a server in a `static` does.
-    std::process::exit(0);
-}
-
 #[test]
 fn watchdog_cleans_up_when_the_test_process_exits_without_drop() {
+    // The test runs itself again as a child process (marked by HELPER_ENV) that starts a server
+    // and exits without running any destructor, as a process holding a server in a `static` does.
+    if std::env::var_os(HELPER_ENV).is_some() {
+        let server = RedisServer::start();
+        println!(
+            "HELPER port={} dir={}",
+            server.port(),
+            server.dir().display()
+        );
+        let _ = io::stdout().flush();
+        std::process::exit(0);
+    }
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let output = Command::new(exe)
         .args([
             "--exact",
-            "helper_exit_without_drop",
-            "--ignored",
+            "watchdog_cleans_up_when_the_test_process_exits_without_drop",
             "--nocapture",
             "--test-threads=1",
         ])
