@@ -6,7 +6,7 @@
 //! `#[tokio::test]` per case from a setup function, so a third-party backend runs the whole suite
 //! with a few lines:
 //!
-//! ```ignore
+//! ```text
 //! async fn setup() -> layercache_testkit::conformance::Subject {
 //!     let clock = layercache_testkit::ManualClock::starting_now();
 //!     let backend = MyBackend::new(clock.clone());
