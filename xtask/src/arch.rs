@@ -35,6 +35,22 @@ pub(crate) const RULES: &[Rule] = &[
         &["layercache-moka", "layercache-testkit"],
         "backends are independent of each other; the test kit is dev-only",
     ),
+    (
+        "layercache-redis",
+        &["layercache-stampede"],
+        "the lock store implements the core's LockStore; the guards know no Redis",
+    ),
+    (
+        "layercache-stampede",
+        &[
+            "redis",
+            "moka",
+            "layercache-redis",
+            "layercache-moka",
+            "layercache-testkit",
+        ],
+        "guards work over the core traits (Backend, LockStore), whatever the backend",
+    ),
 ];
 
 /// Checks every rule in [`RULES`], printing what was checked.

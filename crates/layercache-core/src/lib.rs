@@ -15,6 +15,7 @@
 //! - [`Error`]: one cheap-to-clone error with an [`ErrorKind`] and a temporary/permanent status.
 //! - [`Clock`]: injectable time, with [`SystemClock`] and [`ManualClock`].
 //! - [`Loader<V>`] and [`Writer<V>`]: the source of truth, for the strategies.
+//! - [`LockStore`]: where distributed locks live, so lock guards know no Redis.
 //!
 //! # Example
 //!
@@ -41,6 +42,7 @@ mod entry;
 pub mod envelope;
 mod error;
 mod key;
+mod lock;
 mod source;
 
 pub use backend::Backend;
@@ -51,6 +53,7 @@ pub use codec::{Codec, CodecError, JsonCodec};
 pub use entry::{Entry, EntryMeta, EntryOptions, Tags, Timestamp};
 pub use error::{Error, ErrorKind, Result};
 pub use key::{DEFAULT_MAX_KEY_LEN, Key, KeyError, KeySpace, MAX_SEGMENT_LEN, Namespace};
+pub use lock::LockStore;
 pub use source::{Loader, LoaderFn, Writer, loader_fn};
 
 /// Re-exported so that implementors of [`Backend`], [`Loader`] and [`Writer`] use the same macro.

@@ -302,6 +302,11 @@ impl<C: Codec> RedisBackend<C> {
         }
     }
 
+    /// A [`RedisLockStore`] on the same connection, for the distributed lock guard.
+    pub fn lock_store(&self) -> crate::RedisLockStore {
+        crate::RedisLockStore::new(self.conn.clone())
+    }
+
     /// Sends a PING: `Ok` when Redis answers within the command timeout.
     pub async fn ping(&self) -> Result<()> {
         let _: String = self

@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use layercache_core::{Error, Result};
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, ScriptInvocation};
 
 /// One command or one pipeline.
 #[derive(Clone, Copy)]
 pub(crate) enum Request<'a> {
     Cmd(&'a Cmd),
     Pipe(&'a Pipeline),
+    /// EVALSHA, with the script loaded and the call repeated on NOSCRIPT.
+    Script(&'a ScriptInvocation<'a>),
 }
 
 /// Whether a request may be sent twice.
@@ -69,6 +71,7 @@ async fn exec<T: FromRedisValue>(
     match req {
         Request::Cmd(cmd) => cmd.query_async(conn).await,
         Request::Pipe(pipe) => pipe.query_async(conn).await,
+        Request::Script(script) => script.invoke_async(conn).await,
     }
 }
 

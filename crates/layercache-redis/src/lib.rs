@@ -26,9 +26,11 @@
 
 mod backend;
 mod connection;
+mod lock;
 mod url;
 
 pub use backend::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECONNECT_DELAY,
     DEFAULT_POOL_SIZE, DEFAULT_SCAN_BATCH, RedisBackend, RedisBackendBuilder, RedisStats,
 };
+pub use lock::{DEFAULT_LOCK_PREFIX, RedisLockStore};

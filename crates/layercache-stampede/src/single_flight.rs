@@ -1,0 +1,266 @@
+//! Per-key coalescing of concurrent work in one process.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use layercache_core::{Error, Key, Result};
+use tokio::sync::watch;
+
+/// The default bound on how long a caller waits for a flight (10 s).
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
+
+type Outcome<T> = Option<Result<T>>;
+
+struct Flight<T> {
+    id: u64,
+    outcome: watch::Receiver<Outcome<T>>,
+}
+
+struct Shared<T> {
+    flights: Mutex<HashMap<Key, Flight<T>>>,
+    next_id: AtomicU64,
+    led: AtomicU64,
+    coalesced: AtomicU64,
+}
+
+impl<T> Shared<T> {
+    fn flights(&self) -> MutexGuard<'_, HashMap<Key, Flight<T>>> {
+        // A panic while the map is locked cannot leave it inconsistent (each critical section is
+        // one insert, lookup or remove), so a poisoned lock is used as it is.
+        self.flights
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Counters of a [`SingleFlight`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SingleFlightStats {
+    /// Flights started (each ran its work once).
+    pub led: u64,
+    /// Callers that joined a flight already in progress instead of starting one.
+    pub coalesced: u64,
+    /// Flights in progress now.
+    pub in_flight: u64,
+}
+
+/// Coalesces concurrent work on the same key: the first caller (the leader) starts the work, the
+/// callers that arrive while it runs (followers) wait for its outcome, and everyone gets a clone
+/// of the same result — value or error.
+///
+/// The work runs in its own tokio task, so:
+/// - **cancellation-safe**: when the leader's caller drops its future (an aborted HTTP request),
+///   the work still completes and the followers get its outcome;
+/// - **panic-safe**: a panicking work becomes an error for every waiter (never a hang), and the key
+///   is free again at once, so the next call starts new work.
+///
+/// Each caller waits at most `max_wait` (default [`DEFAULT_MAX_WAIT`]) and then gets a `Timeout`
+/// error; the work itself goes on and its outcome still reaches the callers still waiting.
+///
+/// ```
+/// use layercache_core::Key;
+/// use layercache_stampede::SingleFlight;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let flights = SingleFlight::<u64>::new();
+/// let key = Key::new("answer")?;
+/// let (a, b) = tokio::join!(
+///     flights.run(&key, async { Ok(42) }),
+///     flights.run(&key, async { Ok(7) }), // joins the first flight: its work never runs
+/// );
+/// assert_eq!((a?, b?), (42, 42));
+/// assert_eq!(flights.stats().led, 1);
+/// # Ok::<(), layercache_core::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct SingleFlight<T> {
+    shared: Arc<Shared<T>>,
+    max_wait: Duration,
+}
+
+impl<T> Clone for SingleFlight<T> {
+    fn clone(&self) -> Self {
+        SingleFlight {
+            shared: Arc::clone(&self.shared),
+            max_wait: self.max_wait,
+        }
+    }
+}
+
+impl<T> fmt::Debug for SingleFlight<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SingleFlight")
+            .field("in_flight", &self.shared.flights().len())
+            .field("max_wait", &self.max_wait)
+            .finish()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Default for SingleFlight<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
+    /// A single-flight group with the default bound on waiting.
+    pub fn new() -> Self {
+        SingleFlight {
+            shared: Arc::new(Shared {
+                flights: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                led: AtomicU64::new(0),
+                coalesced: AtomicU64::new(0),
+            }),
+            max_wait: DEFAULT_MAX_WAIT,
+        }
+    }
+
+    /// Sets how long a caller waits for a flight before it gets a `Timeout` error.
+    #[must_use]
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> SingleFlightStats {
+        SingleFlightStats {
+            led: self.shared.led.load(Ordering::Relaxed),
+            coalesced: self.shared.coalesced.load(Ordering::Relaxed),
+            in_flight: self.shared.flights().len() as u64,
+        }
+    }
+
+    /// Whether work for `key` is in progress.
+    pub fn is_in_flight(&self, key: &Key) -> bool {
+        self.shared.flights().contains_key(key)
+    }
+
+    /// Runs `work` for `key`, or joins the flight already running for it, and returns the outcome.
+    /// `work` is dropped unstarted when a flight is joined.
+    pub async fn run<F>(&self, key: &Key, work: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let outcome = self.join_or_start(key, work);
+        self.wait(key, outcome).await
+    }
+
+    /// Starts `work` for `key` in the background unless a flight for it is already running;
+    /// `true` when it started. For background refreshes: one per key at a time.
+    pub fn spawn_if_idle<F>(&self, key: &Key, work: F) -> bool
+    where
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let mut flights = self.shared.flights();
+        if flights.contains_key(key) {
+            return false;
+        }
+        self.start(&mut flights, key, work);
+        true
+    }
+
+    fn join_or_start<F>(&self, key: &Key, work: F) -> watch::Receiver<Outcome<T>>
+    where
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let mut flights = self.shared.flights();
+        if let Some(flight) = flights.get(key) {
+            self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
+            return flight.outcome.clone();
+        }
+        self.start(&mut flights, key, work)
+    }
+
+    fn start<F>(
+        &self,
+        flights: &mut HashMap<Key, Flight<T>>,
+        key: &Key,
+        work: F,
+    ) -> watch::Receiver<Outcome<T>>
+    where
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        self.shared.led.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, outcome) = watch::channel(None);
+        flights.insert(
+            key.clone(),
+            Flight {
+                id,
+                outcome: outcome.clone(),
+            },
+        );
+        let landing = Landing {
+            shared: Arc::clone(&self.shared),
+            key: key.clone(),
+            id,
+            sender: Some(sender),
+        };
+        tokio::spawn(async move {
+            let mut landing = landing;
+            let result = work.await;
+            landing.land(result);
+        });
+        outcome
+    }
+
+    async fn wait(&self, key: &Key, mut outcome: watch::Receiver<Outcome<T>>) -> Result<T> {
+        let waited = tokio::time::timeout(self.max_wait, outcome.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(landed)) => match &*landed {
+                Some(result) => result.clone(),
+                None => Err(Error::loader("single-flight outcome missing")),
+            },
+            Ok(Err(_closed)) => Err(Error::loader(format!(
+                "the flight for {key} ended without an outcome"
+            ))),
+            Err(_elapsed) => Err(Error::timeout(format!(
+                "waited {:?} for the flight loading {key}",
+                self.max_wait
+            ))),
+        }
+    }
+}
+
+/// Delivers a flight's outcome and frees its key, exactly once: when the work finishes, or — if the
+/// work panicked or its task was dropped — when this is dropped.
+struct Landing<T> {
+    shared: Arc<Shared<T>>,
+    key: Key,
+    id: u64,
+    sender: Option<watch::Sender<Outcome<T>>>,
+}
+
+impl<T> Landing<T> {
+    fn land(&mut self, result: Result<T>) {
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        {
+            let mut flights = self.shared.flights();
+            if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
+                flights.remove(&self.key);
+            }
+        }
+        // Nobody waiting is fine: the work's side effects (filling the cache) are what matter.
+        let _ = sender.send(Some(result));
+    }
+}
+
+impl<T> Drop for Landing<T> {
+    fn drop(&mut self) {
+        if self.sender.is_some() {
+            self.land(Err(Error::loader(format!(
+                "the load of {} panicked or was cancelled",
+                self.key
+            ))));
+        }
+    }
+}
