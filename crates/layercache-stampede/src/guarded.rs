@@ -64,8 +64,12 @@ struct Inner<V> {
     single_flight: bool,
     lock: Option<DistributedLock>,
     early: Option<EarlyExpiry>,
+    policy: Option<OptionsPolicy<V>>,
     counters: Counters,
 }
+
+/// Chooses entry options per loaded value; `None` keeps the call's or the cache's options.
+pub type OptionsPolicy<V> = Arc<dyn Fn(&V) -> Option<EntryOptions> + Send + Sync>;
 
 /// Builds a [`GuardedCache`]; see [`GuardedCache::builder`].
 pub struct GuardedCacheBuilder<V> {
@@ -76,6 +80,7 @@ pub struct GuardedCacheBuilder<V> {
     max_wait: Duration,
     lock: Option<DistributedLock>,
     early: Option<EarlyExpiry>,
+    policy: Option<OptionsPolicy<V>>,
 }
 
 impl<V> fmt::Debug for GuardedCacheBuilder<V> {
@@ -134,6 +139,17 @@ impl<V: Clone + Send + Sync + 'static> GuardedCacheBuilder<V> {
         self
     }
 
+    /// Chooses entry options per loaded value (negative caching gives absent values a short TTL
+    /// this way). Returning `None` keeps the call's or the cache's options.
+    #[must_use]
+    pub fn options_policy(
+        mut self,
+        policy: impl Fn(&V) -> Option<EntryOptions> + Send + Sync + 'static,
+    ) -> Self {
+        self.policy = Some(Arc::new(policy));
+        self
+    }
+
     /// Builds the cache; invalid entry options are a config error.
     pub fn build(self) -> Result<GuardedCache<V>> {
         self.options.validate()?;
@@ -149,6 +165,7 @@ impl<V: Clone + Send + Sync + 'static> GuardedCacheBuilder<V> {
                 single_flight: self.single_flight,
                 lock: self.lock,
                 early: self.early,
+                policy: self.policy,
                 counters: Counters::default(),
             }),
         })
@@ -210,6 +227,7 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
             max_wait: DEFAULT_MAX_WAIT,
             lock: None,
             early: None,
+            policy: None,
         }
     }
 
@@ -241,23 +259,60 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
         self.inner.flights.is_in_flight(key)
     }
 
-    /// The value of `key`: from the backend when fresh, otherwise from `loader` (then stored).
-    /// `Ok(None)` when the source has no value (not cached here; negative caching is the
-    /// strategies' business).
+    /// The value of `key`: from the backend when fresh, otherwise from `loader` (then stored with
+    /// the cache's entry options). `Ok(None)` when the source has no value; absence is not cached
+    /// here (the strategies' negative caching stores `Option<V>` values and a policy for them).
     pub async fn get_or_load<L>(&self, key: &Key, loader: &Arc<L>) -> Result<Option<V>>
     where
         L: Loader<V> + ?Sized + 'static,
     {
+        self.get_or_load_lazy(key, None, || Arc::clone(loader))
+            .await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with entry options for this call; invalid options are a
+    /// config error.
+    pub async fn get_or_load_with<L>(
+        &self,
+        key: &Key,
+        loader: &Arc<L>,
+        options: &EntryOptions,
+    ) -> Result<Option<V>>
+    where
+        L: Loader<V> + ?Sized + 'static,
+    {
+        options.validate()?;
+        self.get_or_load_lazy(key, Some(options), || Arc::clone(loader))
+            .await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) for callers that adapt their loader: `make_loader` runs
+    /// only when a load or refresh is needed, so a hit costs no allocation.
+    pub async fn get_or_load_lazy<L, F>(
+        &self,
+        key: &Key,
+        options: Option<&EntryOptions>,
+        make_loader: F,
+    ) -> Result<Option<V>>
+    where
+        L: Loader<V> + ?Sized + 'static,
+        F: FnOnce() -> Arc<L>,
+    {
         let inner = &self.inner;
-        let stale = match inner.backend.get(key).await {
+        let previous = match inner.backend.get(key).await {
             Ok(Some(entry)) => {
                 let now = inner.clock.now();
                 if entry.meta.is_fresh(now) {
                     bump(&inner.counters.hits);
                     if let Some(early) = &inner.early
                         && early.should_refresh(&entry.meta, now)
+                        && !inner.flights.is_in_flight(key)
                     {
-                        self.refresh_in_background(key, loader, entry.clone());
+                        let job = Job::new(key, make_loader(), options);
+                        let work = Arc::clone(inner).refresh(job, entry.clone());
+                        if inner.flights.spawn_if_idle(key, work) {
+                            bump(&inner.counters.early_refreshes);
+                        }
                     }
                     return Ok(Some(entry.value));
                 }
@@ -271,38 +326,43 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
             }
         };
         bump(&inner.counters.misses);
-        let fill = Arc::clone(inner).fill(key.clone(), Arc::clone(loader), stale);
+        let fill = Arc::clone(inner).fill(Job::new(key, make_loader(), options), previous);
         if inner.single_flight {
             inner.flights.run(key, fill).await
         } else {
             fill.await
         }
     }
+}
 
-    fn refresh_in_background<L>(&self, key: &Key, loader: &Arc<L>, previous: Entry<V>)
-    where
-        L: Loader<V> + ?Sized + 'static,
-    {
-        let inner = Arc::clone(&self.inner);
-        if inner.flights.is_in_flight(key) {
-            return;
-        }
-        let work = Arc::clone(&inner).refresh(key.clone(), Arc::clone(loader), previous);
-        if inner.flights.spawn_if_idle(key, work) {
-            bump(&inner.counters.early_refreshes);
+/// What one load needs, owned so it can run in its own task.
+struct Job<L: ?Sized> {
+    key: Key,
+    loader: Arc<L>,
+    options: Option<EntryOptions>,
+}
+
+impl<L: ?Sized> Job<L> {
+    fn new(key: &Key, loader: Arc<L>, options: Option<&EntryOptions>) -> Self {
+        Job {
+            key: key.clone(),
+            loader,
+            options: options.cloned(),
         }
     }
 }
 
 impl<V: Clone + Send + Sync + 'static> Inner<V> {
     /// Runs the loader, measures it and stores the value.
-    async fn load_and_store<L>(&self, key: &Key, loader: &L) -> Result<Option<V>>
+    async fn load_and_store<L>(&self, job: &Job<L>) -> Result<Option<V>>
     where
         L: Loader<V> + ?Sized,
     {
+        let key = &job.key;
         bump(&self.counters.loads);
         let started = Instant::now();
-        let loaded = loader
+        let loaded = job
+            .loader
             .load(key)
             .await
             .inspect_err(|_| bump(&self.counters.load_errors))?;
@@ -310,7 +370,15 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
         let Some(value) = loaded else {
             return Ok(None);
         };
-        let entry = self.options.entry(value.clone(), self.clock.now(), cost)?;
+        let options = match &self.policy {
+            Some(policy) => policy(&value),
+            None => None,
+        };
+        let options = options
+            .as_ref()
+            .or(job.options.as_ref())
+            .unwrap_or(&self.options);
+        let entry = options.entry(value.clone(), self.clock.now(), cost)?;
         if let Err(error) = self.backend.set(key, entry).await {
             bump(&self.counters.backend_errors);
             tracing::warn!(%key, %error, "storing a loaded value failed; serving it anyway");
@@ -337,27 +405,23 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
     /// The load a missing caller waits for (the single-flight leader's work). `previous` is the
     /// entry the caller saw (stale, or fresh for an early refresh); it is served when the lock wait
     /// times out and the configuration says so.
-    async fn fill<L>(
-        self: Arc<Self>,
-        key: Key,
-        loader: Arc<L>,
-        previous: Option<Entry<V>>,
-    ) -> Result<Option<V>>
+    async fn fill<L>(self: Arc<Self>, job: Job<L>, previous: Option<Entry<V>>) -> Result<Option<V>>
     where
         L: Loader<V> + ?Sized + 'static,
     {
         let Some(lock) = &self.lock else {
-            return self.load_and_store(&key, &*loader).await;
+            return self.load_and_store(&job).await;
         };
+        let key = &job.key;
         let deadline = tokio::time::Instant::now() + lock.options().max_wait;
         let mut backoff = lock.backoff();
         loop {
-            match lock.try_lock(&key).await {
+            match lock.try_lock(key).await {
                 Ok(Some(guard)) => {
                     // The previous holder may have stored its value just before we took the lock.
-                    let result = match self.newer_in_backend(&key, previous.as_ref()).await {
+                    let result = match self.newer_in_backend(key, previous.as_ref()).await {
                         Some(entry) => Ok(Some(entry.value)),
-                        None => self.load_and_store(&key, &*loader).await,
+                        None => self.load_and_store(&job).await,
                     };
                     if let Err(error) = guard.release().await {
                         tracing::warn!(%key, %error, "could not release a lock; it expires with its lease");
@@ -368,7 +432,7 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
                 Err(error) => {
                     bump(&self.counters.backend_errors);
                     tracing::warn!(%key, %error, "lock store failed; loading without the lock");
-                    return self.load_and_store(&key, &*loader).await;
+                    return self.load_and_store(&job).await;
                 }
             }
             let now = tokio::time::Instant::now();
@@ -383,11 +447,11 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
                         "waited {:?} for another process to load {key}",
                         lock.options().max_wait
                     ))),
-                    _ => self.load_and_store(&key, &*loader).await,
+                    _ => self.load_and_store(&job).await,
                 };
             }
             tokio::time::sleep(backoff.next_pause().min(deadline - now)).await;
-            if let Some(entry) = self.newer_in_backend(&key, previous.as_ref()).await {
+            if let Some(entry) = self.newer_in_backend(key, previous.as_ref()).await {
                 bump(&self.counters.lock_waits_served);
                 return Ok(Some(entry.value));
             }
@@ -395,16 +459,11 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
     }
 
     /// An early refresh of `previous`: a fill that wants a value newer than the one it saw.
-    async fn refresh<L>(
-        self: Arc<Self>,
-        key: Key,
-        loader: Arc<L>,
-        previous: Entry<V>,
-    ) -> Result<Option<V>>
+    async fn refresh<L>(self: Arc<Self>, job: Job<L>, previous: Entry<V>) -> Result<Option<V>>
     where
         L: Loader<V> + ?Sized + 'static,
     {
-        let result = self.clone().fill(key, loader, Some(previous)).await;
+        let result = Arc::clone(&self).fill(job, Some(previous)).await;
         if matches!(result, Ok(Some(_))) {
             bump(&self.counters.refreshes_completed);
         }

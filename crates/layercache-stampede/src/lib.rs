@@ -38,7 +38,7 @@ mod lock;
 mod single_flight;
 
 pub use early::{DEFAULT_BETA, EarlyExpiry, RandomSource, SeededRandom, ThreadRandom};
-pub use guarded::{GuardedCache, GuardedCacheBuilder, GuardedStats};
+pub use guarded::{GuardedCache, GuardedCacheBuilder, GuardedStats, OptionsPolicy};
 pub use lock::{
     DEFAULT_LEASE, DEFAULT_LOCK_MAX_WAIT, DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX, DistributedLock,
     LockGuard, LockOptions, OnLockTimeout,
