@@ -10,6 +10,7 @@ use layercache_core::{
 };
 
 use crate::early::EarlyExpiry;
+use crate::generations::Generations;
 use crate::lock::{DistributedLock, OnLockTimeout};
 use crate::single_flight::{DEFAULT_MAX_WAIT, SingleFlight, SingleFlightStats};
 
@@ -35,6 +36,8 @@ pub struct GuardedStats {
     pub lock_timeouts: u64,
     /// Backend or lock-store calls that failed (the caller was served by the loader instead).
     pub backend_errors: u64,
+    /// Loaded values not stored because a write of their key (or stripe) happened during the load.
+    pub stores_skipped: u64,
     /// Single-flight counters: flights led and callers coalesced.
     pub flights: SingleFlightStats,
 }
@@ -50,6 +53,7 @@ struct Counters {
     lock_waits_served: AtomicU64,
     lock_timeouts: AtomicU64,
     backend_errors: AtomicU64,
+    stores_skipped: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -65,6 +69,7 @@ struct Inner<V> {
     lock: Option<DistributedLock>,
     early: Option<EarlyExpiry>,
     policy: Option<OptionsPolicy<V>>,
+    generations: Generations,
     counters: Counters,
 }
 
@@ -166,6 +171,7 @@ impl<V: Clone + Send + Sync + 'static> GuardedCacheBuilder<V> {
                 lock: self.lock,
                 early: self.early,
                 policy: self.policy,
+                generations: Generations::new(),
                 counters: Counters::default(),
             }),
         })
@@ -250,8 +256,29 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
             lock_waits_served: load(&c.lock_waits_served),
             lock_timeouts: load(&c.lock_timeouts),
             backend_errors: load(&c.backend_errors),
+            stores_skipped: load(&c.stores_skipped),
             flights: self.inner.flights.stats(),
         }
+    }
+
+    /// Takes the write lock of `key` (shared by a stripe of keys): writes of a key that hold it are
+    /// serialised, and [`WriteGuard::invalidate_loads`] makes every load of the key that started
+    /// earlier skip its store. Write-through and delete use it so that once they return, no older
+    /// load puts an old value back.
+    pub async fn write_lock(&self, key: &Key) -> WriteGuard<'_, V> {
+        let guard = self.inner.generations.lock(key).await;
+        WriteGuard {
+            inner: &self.inner,
+            key: key.clone(),
+            _stripe: guard,
+        }
+    }
+
+    /// Removes `key` from the backend so that no load that started earlier puts it back.
+    pub async fn invalidate(&self, key: &Key) -> Result<bool> {
+        let guard = self.write_lock(key).await;
+        guard.invalidate_loads();
+        self.inner.backend.delete(key).await
     }
 
     /// Whether a load or refresh of `key` is in progress in this process.
@@ -308,7 +335,7 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
                         && early.should_refresh(&entry.meta, now)
                         && !inner.flights.is_in_flight(key)
                     {
-                        let job = Job::new(key, make_loader(), options);
+                        let job = Job::new(inner, key, make_loader(), options);
                         let work = Arc::clone(inner).refresh(job, entry.clone());
                         if inner.flights.spawn_if_idle(key, work) {
                             bump(&inner.counters.early_refreshes);
@@ -326,7 +353,7 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
             }
         };
         bump(&inner.counters.misses);
-        let fill = Arc::clone(inner).fill(Job::new(key, make_loader(), options), previous);
+        let fill = Arc::clone(inner).fill(Job::new(inner, key, make_loader(), options), previous);
         if inner.single_flight {
             inner.flights.run(key, fill).await
         } else {
@@ -335,19 +362,47 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
     }
 }
 
+/// The write lock of a key; see [`GuardedCache::write_lock`]. Released on drop.
+pub struct WriteGuard<'a, V> {
+    inner: &'a Inner<V>,
+    key: Key,
+    _stripe: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl<V> fmt::Debug for WriteGuard<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteGuard")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> WriteGuard<'_, V> {
+    /// Makes loads of the key that started before now skip their store, and lets callers that
+    /// arrive from now on start a new load instead of joining one that may return an older value.
+    /// Call it after the source write, before writing the cache.
+    pub fn invalidate_loads(&self) {
+        self.inner.generations.bump(&self.key);
+        self.inner.flights.forget(&self.key);
+    }
+}
+
 /// What one load needs, owned so it can run in its own task.
 struct Job<L: ?Sized> {
     key: Key,
     loader: Arc<L>,
     options: Option<EntryOptions>,
+    /// The write generation of the key when the load was asked for.
+    generation: u64,
 }
 
 impl<L: ?Sized> Job<L> {
-    fn new(key: &Key, loader: Arc<L>, options: Option<&EntryOptions>) -> Self {
+    fn new<V>(inner: &Inner<V>, key: &Key, loader: Arc<L>, options: Option<&EntryOptions>) -> Self {
         Job {
             key: key.clone(),
             loader,
             options: options.cloned(),
+            generation: inner.generations.current(key),
         }
     }
 }
@@ -379,7 +434,11 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
             .or(job.options.as_ref())
             .unwrap_or(&self.options);
         let entry = options.entry(value.clone(), self.clock.now(), cost)?;
-        if let Err(error) = self.backend.set(key, entry).await {
+        let _stripe = self.generations.lock(key).await;
+        if self.generations.current(key) != job.generation {
+            // A write happened since this load began: its value wins, this one is not stored.
+            bump(&self.counters.stores_skipped);
+        } else if let Err(error) = self.backend.set(key, entry).await {
             bump(&self.counters.backend_errors);
             tracing::warn!(%key, %error, "storing a loaded value failed; serving it anyway");
         }

@@ -33,12 +33,13 @@
 //! ```
 
 mod early;
+mod generations;
 mod guarded;
 mod lock;
 mod single_flight;
 
 pub use early::{DEFAULT_BETA, EarlyExpiry, RandomSource, SeededRandom, ThreadRandom};
-pub use guarded::{GuardedCache, GuardedCacheBuilder, GuardedStats, OptionsPolicy};
+pub use guarded::{GuardedCache, GuardedCacheBuilder, GuardedStats, OptionsPolicy, WriteGuard};
 pub use lock::{
     DEFAULT_LEASE, DEFAULT_LOCK_MAX_WAIT, DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX, DistributedLock,
     LockGuard, LockOptions, OnLockTimeout,

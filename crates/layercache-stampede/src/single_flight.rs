@@ -142,6 +142,12 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         self.shared.flights().contains_key(key)
     }
 
+    /// Detaches the flight of `key`, if any: it runs on and its callers get its outcome, but new
+    /// callers start a new flight. Used when a write makes the running flight's value outdated.
+    pub fn forget(&self, key: &Key) {
+        self.shared.flights().remove(key);
+    }
+
     /// Runs `work` for `key`, or joins the flight already running for it, and returns the outcome.
     /// `work` is dropped unstarted when a flight is joined.
     pub async fn run<F>(&self, key: &Key, work: F) -> Result<T>

@@ -212,3 +212,29 @@ fn public_types_are_send_and_sync() {
     is_send_sync::<layercache_stampede::LockGuard>();
     is_send_sync::<layercache_stampede::EarlyExpiry>();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_wins_over_a_load_that_started_before_it() {
+    let backend = moka();
+    let cache = GuardedCache::builder(backend.clone()).build().unwrap();
+    let old = GatedLoader::new();
+    let key = Key::new("k").unwrap();
+    let early_reader = {
+        let (cache, old, key) = (cache.clone(), old.clone(), key.clone());
+        tokio::spawn(async move { cache.get_or_load(&key, &old).await })
+    };
+    old.started.notified().await;
+
+    // The invalidation returns while the old load is still running...
+    cache.invalidate(&key).await.unwrap();
+    // ...so a caller from now on does not join the old flight: it loads anew.
+    let fresh = CountingLoader::new(Duration::ZERO);
+    assert_eq!(cache.get_or_load(&key, &fresh).await.unwrap().as_deref(), Some("k#1"));
+    assert_eq!(fresh.calls(), 1);
+
+    old.release.notify_one();
+    assert_eq!(early_reader.await.unwrap().unwrap().as_deref(), Some("loaded"));
+    // The old load did not overwrite the newer value.
+    assert_eq!(backend.get(&key).await.unwrap().unwrap().value, "k#1");
+    assert_eq!(cache.stats().stores_skipped, 1);
+}
