@@ -40,9 +40,24 @@ impl Generations {
         }
     }
 
+    fn index(&self, key: &Key) -> usize {
+        (self.hasher.hash_one(key.as_str()) as usize) % self.stripes.len()
+    }
+
     fn stripe(&self, key: &Key) -> &Stripe {
-        let index = (self.hasher.hash_one(key.as_str()) as usize) % self.stripes.len();
-        &self.stripes[index]
+        &self.stripes[self.index(key)]
+    }
+
+    /// Locks the stripes of all `keys`, in ascending order so concurrent callers cannot deadlock.
+    pub(crate) async fn lock_many(&self, keys: &[Key]) -> Vec<MutexGuard<'_, ()>> {
+        let mut indices: Vec<usize> = keys.iter().map(|k| self.index(k)).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        let mut guards = Vec::with_capacity(indices.len());
+        for index in indices {
+            guards.push(self.stripes[index].lock.lock().await);
+        }
+        guards
     }
 
     /// The generation of `key`'s stripe now.

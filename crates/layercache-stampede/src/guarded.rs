@@ -38,6 +38,12 @@ pub struct GuardedStats {
     pub backend_errors: u64,
     /// Loaded values not stored because a write of their key (or stripe) happened during the load.
     pub stores_skipped: u64,
+    /// Stale values served because the loader failed (fail-safe) or passed its soft timeout.
+    pub stale_served: u64,
+    /// Loads that passed the soft timeout (a stale value was served; the load went on).
+    pub soft_timeouts: u64,
+    /// Eager refreshes started because a fraction of the TTL had passed.
+    pub eager_refreshes: u64,
     /// Single-flight counters: flights led and callers coalesced.
     pub flights: SingleFlightStats,
 }
@@ -54,6 +60,9 @@ struct Counters {
     lock_timeouts: AtomicU64,
     backend_errors: AtomicU64,
     stores_skipped: AtomicU64,
+    stale_served: AtomicU64,
+    soft_timeouts: AtomicU64,
+    eager_refreshes: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -69,8 +78,60 @@ struct Inner<V> {
     lock: Option<DistributedLock>,
     early: Option<EarlyExpiry>,
     policy: Option<OptionsPolicy<V>>,
+    resilience: Resilience,
     generations: Generations,
     counters: Counters,
+}
+
+/// Fail-safe and timeout settings; all off by default.
+#[derive(Clone, Copy, Debug, Default)]
+struct Resilience {
+    fail_safe: Option<Duration>,
+    soft_timeout: Option<Duration>,
+    hard_timeout: Option<Duration>,
+    eager_refresh: Option<f64>,
+}
+
+/// The default number of concurrent loads of [`GuardedCache::warm`].
+pub const DEFAULT_WARM_CONCURRENCY: usize = 16;
+
+/// What warming one key did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum WarmOutcome {
+    /// The value was loaded and stored.
+    Loaded,
+    /// The source has no value for the key (nothing stored).
+    Absent,
+    /// The load failed.
+    Failed(Error),
+}
+
+/// The per-item report of [`GuardedCache::warm`], in the order the keys were given.
+#[derive(Clone, Debug)]
+pub struct WarmReport {
+    /// Each key with what happened to it.
+    pub items: Vec<(Key, WarmOutcome)>,
+}
+
+impl WarmReport {
+    /// How many keys were loaded (or found absent) without error.
+    pub fn ok(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|(_, o)| !matches!(o, WarmOutcome::Failed(_)))
+            .count()
+    }
+
+    /// The keys that failed, with their errors.
+    pub fn failed(&self) -> impl Iterator<Item = (&Key, &Error)> {
+        self.items
+            .iter()
+            .filter_map(|(key, outcome)| match outcome {
+                WarmOutcome::Failed(error) => Some((key, error)),
+                _ => None,
+            })
+    }
 }
 
 /// Chooses entry options per loaded value; `None` keeps the call's or the cache's options.
@@ -86,6 +147,7 @@ pub struct GuardedCacheBuilder<V> {
     lock: Option<DistributedLock>,
     early: Option<EarlyExpiry>,
     policy: Option<OptionsPolicy<V>>,
+    resilience: Resilience,
 }
 
 impl<V> fmt::Debug for GuardedCacheBuilder<V> {
@@ -144,6 +206,41 @@ impl<V: Clone + Send + Sync + 'static> GuardedCacheBuilder<V> {
         self
     }
 
+    /// Fail-safe: when the loader fails or times out and a stale value (within its stale-until)
+    /// exists, serve it, and store it as fresh for `throttle` so the loader is retried no more often
+    /// than that (default off).
+    #[must_use]
+    pub fn fail_safe(mut self, throttle: Duration) -> Self {
+        self.resilience.fail_safe = Some(throttle);
+        self
+    }
+
+    /// Soft timeout: when a load takes longer and a stale value exists, the caller gets the stale
+    /// value; the load goes on in the background and fills the cache (default off; needs
+    /// single-flight).
+    #[must_use]
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.resilience.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// Hard timeout: a load that takes longer fails with a `Timeout` error (then fail-safe may serve
+    /// a stale value) (default off).
+    #[must_use]
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.resilience.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Eager refresh: once `fraction` (in `(0, 1)`) of an entry's fresh TTL has passed, a read
+    /// starts a background refresh (one per key at a time) and still returns the current value —
+    /// stale-while-revalidate before the value goes stale (default off).
+    #[must_use]
+    pub fn eager_refresh(mut self, fraction: f64) -> Self {
+        self.resilience.eager_refresh = Some(fraction);
+        self
+    }
+
     /// Chooses entry options per loaded value (negative caching gives absent values a short TTL
     /// this way). Returning `None` keeps the call's or the cache's options.
     #[must_use]
@@ -155,9 +252,33 @@ impl<V: Clone + Send + Sync + 'static> GuardedCacheBuilder<V> {
         self
     }
 
-    /// Builds the cache; invalid entry options are a config error.
+    /// Builds the cache; invalid options are a config error.
     pub fn build(self) -> Result<GuardedCache<V>> {
         self.options.validate()?;
+        let r = &self.resilience;
+        if let Some(fraction) = r.eager_refresh
+            && !(fraction > 0.0 && fraction < 1.0)
+        {
+            return Err(Error::config(format!(
+                "eager refresh fraction must be in (0, 1), got {fraction}"
+            )));
+        }
+        if [r.fail_safe, r.soft_timeout, r.hard_timeout]
+            .into_iter()
+            .flatten()
+            .any(|d| d.is_zero())
+        {
+            return Err(Error::config(
+                "fail-safe throttle and load timeouts must be greater than zero",
+            ));
+        }
+        if let (Some(soft), Some(hard)) = (r.soft_timeout, r.hard_timeout)
+            && soft >= hard
+        {
+            return Err(Error::config(
+                "the soft timeout must be shorter than the hard timeout",
+            ));
+        }
         if self.max_wait.is_zero() {
             return Err(Error::config("max_wait must be greater than zero"));
         }
@@ -171,6 +292,7 @@ impl<V: Clone + Send + Sync + 'static> GuardedCacheBuilder<V> {
                 lock: self.lock,
                 early: self.early,
                 policy: self.policy,
+                resilience: self.resilience,
                 generations: Generations::new(),
                 counters: Counters::default(),
             }),
@@ -234,6 +356,7 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
             lock: None,
             early: None,
             policy: None,
+            resilience: Resilience::default(),
         }
     }
 
@@ -257,7 +380,117 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
             lock_timeouts: load(&c.lock_timeouts),
             backend_errors: load(&c.backend_errors),
             stores_skipped: load(&c.stores_skipped),
+            stale_served: load(&c.stale_served),
+            soft_timeouts: load(&c.soft_timeouts),
+            eager_refreshes: load(&c.eager_refreshes),
             flights: self.inner.flights.stats(),
+        }
+    }
+
+    /// The values of `keys`, in order: one batched backend read (`get_many`, one MGET on Redis),
+    /// then one batched loader call (`load_many`) for the keys that were not fresh, stored with one
+    /// `set_many` (skipping keys written meanwhile). Each missing key is a single-flight of its
+    /// own: keys another caller is already loading are joined, not loaded again, and callers of
+    /// `get_or_load` can join the batch's keys. Duplicate keys are loaded once. A backend failure
+    /// counts as all misses; a loader failure fails the keys of that batch.
+    pub async fn get_many_or_load<L>(&self, keys: &[Key], loader: &Arc<L>) -> Result<Vec<Option<V>>>
+    where
+        L: Loader<V> + ?Sized + 'static,
+    {
+        let inner = &self.inner;
+        let cached = match inner.backend.get_many(keys).await {
+            Ok(cached) if cached.len() == keys.len() => cached,
+            Ok(_) | Err(_) => {
+                bump(&inner.counters.backend_errors);
+                keys.iter().map(|_| None).collect()
+            }
+        };
+        let now = inner.clock.now();
+        let mut out: Vec<Option<Option<V>>> = Vec::with_capacity(keys.len());
+        let mut missing: Vec<Key> = Vec::new();
+        for (key, entry) in keys.iter().zip(cached) {
+            match entry {
+                Some(entry) if entry.meta.is_fresh(now) => {
+                    bump(&inner.counters.hits);
+                    out.push(Some(Some(entry.value)));
+                }
+                _ => {
+                    bump(&inner.counters.misses);
+                    missing.push(key.clone());
+                    out.push(None);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out.into_iter().map(Option::flatten).collect());
+        }
+        let batch_inner = Arc::clone(inner);
+        let loader = Arc::clone(loader);
+        let loaded = inner
+            .flights
+            .run_many(&missing, move |led| async move {
+                batch_inner.load_batch(led, &*loader).await
+            })
+            .await;
+        let mut loaded = loaded.into_iter();
+        for slot in out.iter_mut().filter(|slot| slot.is_none()) {
+            match loaded.next() {
+                Some(value) => *slot = Some(value?),
+                None => return Err(Error::loader("a batch load lost a key")),
+            }
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
+    }
+
+    /// Loads `keys` from the source and stores them, whatever the cache holds, at most
+    /// `concurrency` at a time (default [`DEFAULT_WARM_CONCURRENCY`] when 0 is given). One failure
+    /// does not stop the rest: the report says, per key, whether it was loaded.
+    pub async fn warm<L>(&self, keys: Vec<Key>, loader: &Arc<L>, concurrency: usize) -> WarmReport
+    where
+        L: Loader<V> + ?Sized + 'static,
+    {
+        let concurrency = if concurrency == 0 {
+            DEFAULT_WARM_CONCURRENCY
+        } else {
+            concurrency
+        };
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, key) in keys.iter().enumerate() {
+            let (inner, loader, permits, key) = (
+                Arc::clone(&self.inner),
+                Arc::clone(loader),
+                Arc::clone(&permits),
+                key.clone(),
+            );
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let job = Job::new(&inner, &key, loader, None);
+                let outcome = match inner.load_and_store(&job).await {
+                    Ok(Some(_)) => WarmOutcome::Loaded,
+                    Ok(None) => WarmOutcome::Absent,
+                    Err(error) => WarmOutcome::Failed(error),
+                };
+                (index, outcome)
+            });
+        }
+        let mut outcomes: Vec<Option<WarmOutcome>> = keys.iter().map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((index, outcome)) => outcomes[index] = Some(outcome),
+                Err(error) => tracing::warn!(%error, "a warm-up task panicked"),
+            }
+        }
+        WarmReport {
+            items: keys
+                .into_iter()
+                .zip(outcomes)
+                .map(|(key, outcome)| {
+                    let outcome = outcome
+                        .unwrap_or_else(|| WarmOutcome::Failed(Error::loader("the load panicked")));
+                    (key, outcome)
+                })
+                .collect(),
         }
     }
 
@@ -331,14 +564,27 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
                 let now = inner.clock.now();
                 if entry.meta.is_fresh(now) {
                     bump(&inner.counters.hits);
-                    if let Some(early) = &inner.early
-                        && early.should_refresh(&entry.meta, now)
-                        && !inner.flights.is_in_flight(key)
-                    {
+                    let eager = inner.resilience.eager_refresh.is_some_and(|fraction| {
+                        let ttl = entry
+                            .meta
+                            .fresh_until
+                            .saturating_since(entry.meta.created_at);
+                        now >= entry.meta.created_at + ttl.mul_f64(fraction)
+                    });
+                    let early = !eager
+                        && inner
+                            .early
+                            .as_ref()
+                            .is_some_and(|early| early.should_refresh(&entry.meta, now));
+                    if (eager || early) && !inner.flights.is_in_flight(key) {
                         let job = Job::new(inner, key, make_loader(), options);
                         let work = Arc::clone(inner).refresh(job, entry.clone());
                         if inner.flights.spawn_if_idle(key, work) {
-                            bump(&inner.counters.early_refreshes);
+                            bump(if eager {
+                                &inner.counters.eager_refreshes
+                            } else {
+                                &inner.counters.early_refreshes
+                            });
                         }
                     }
                     return Ok(Some(entry.value));
@@ -353,11 +599,29 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
             }
         };
         bump(&inner.counters.misses);
+        let soft = match (inner.resilience.soft_timeout, &previous) {
+            (Some(timeout), Some(stale)) if inner.single_flight => {
+                Some((timeout, stale.value.clone()))
+            }
+            _ => None,
+        };
         let fill = Arc::clone(inner).fill(Job::new(inner, key, make_loader(), options), previous);
-        if inner.single_flight {
-            inner.flights.run(key, fill).await
-        } else {
-            fill.await
+        if !inner.single_flight {
+            return fill.await;
+        }
+        match soft {
+            None => inner.flights.run(key, fill).await,
+            // On a soft timeout only this caller's wait ends: the flight goes on and fills the cache.
+            Some((timeout, stale)) => {
+                match tokio::time::timeout(timeout, inner.flights.run(key, fill)).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        bump(&inner.counters.soft_timeouts);
+                        bump(&inner.counters.stale_served);
+                        Ok(Some(stale))
+                    }
+                }
+            }
         }
     }
 }
@@ -416,11 +680,18 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
         let key = &job.key;
         bump(&self.counters.loads);
         let started = Instant::now();
-        let loaded = job
-            .loader
-            .load(key)
-            .await
-            .inspect_err(|_| bump(&self.counters.load_errors))?;
+        let loading = job.loader.load(key);
+        let loaded = match self.resilience.hard_timeout {
+            None => loading.await,
+            Some(timeout) => tokio::time::timeout(timeout, loading)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::timeout(format!(
+                        "loading {key} exceeded the hard timeout of {timeout:?}"
+                    )))
+                }),
+        }
+        .inspect_err(|_| bump(&self.counters.load_errors))?;
         let cost = started.elapsed();
         let Some(value) = loaded else {
             return Ok(None);
@@ -434,15 +705,90 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
             .or(job.options.as_ref())
             .unwrap_or(&self.options);
         let entry = options.entry(value.clone(), self.clock.now(), cost)?;
+        self.store(key, job.generation, entry).await;
+        Ok(Some(value))
+    }
+
+    /// One batched load of `keys` (the single-flight leader's work for a bulk read): stores the
+    /// values that are present, skipping keys written during the load.
+    async fn load_batch<L>(&self, keys: Vec<Key>, loader: &L) -> Result<Vec<Option<V>>>
+    where
+        L: Loader<V> + ?Sized,
+    {
+        let generations: Vec<u64> = keys.iter().map(|k| self.generations.current(k)).collect();
+        bump(&self.counters.loads);
+        let started = Instant::now();
+        let loaded = loader
+            .load_many(&keys)
+            .await
+            .inspect_err(|_| bump(&self.counters.load_errors))?;
+        if loaded.len() != keys.len() {
+            bump(&self.counters.load_errors);
+            return Err(Error::loader(format!(
+                "load_many of {} keys returned {} values",
+                keys.len(),
+                loaded.len()
+            )));
+        }
+        let cost = started.elapsed();
+        let now = self.clock.now();
+        let _stripes = self.generations.lock_many(&keys).await;
+        let mut items = Vec::new();
+        for ((key, value), generation) in keys.iter().zip(&loaded).zip(generations) {
+            let Some(value) = value else { continue };
+            if self.generations.current(key) != generation {
+                bump(&self.counters.stores_skipped);
+                continue;
+            }
+            let options = self.policy.as_ref().and_then(|p| p(value));
+            let options = options.as_ref().unwrap_or(&self.options);
+            items.push((key.clone(), options.entry(value.clone(), now, cost)?));
+        }
+        if let Err(error) = self.backend.set_many(items).await {
+            bump(&self.counters.backend_errors);
+            tracing::warn!(%error, "storing loaded values failed; serving them anyway");
+        }
+        Ok(loaded)
+    }
+
+    /// Stores `entry` unless a write of its key happened since `generation` was noted.
+    async fn store(&self, key: &Key, generation: u64, entry: Entry<V>) {
         let _stripe = self.generations.lock(key).await;
-        if self.generations.current(key) != job.generation {
+        if self.generations.current(key) != generation {
             // A write happened since this load began: its value wins, this one is not stored.
             bump(&self.counters.stores_skipped);
         } else if let Err(error) = self.backend.set(key, entry).await {
             bump(&self.counters.backend_errors);
             tracing::warn!(%key, %error, "storing a loaded value failed; serving it anyway");
         }
-        Ok(Some(value))
+    }
+
+    /// Loads and stores; when that fails and fail-safe is on, serves `previous` if it is still
+    /// within its stale-until, storing it as fresh for the throttle so the loader rests.
+    async fn load_or_fail_safe<L>(
+        &self,
+        job: &Job<L>,
+        previous: Option<&Entry<V>>,
+    ) -> Result<Option<V>>
+    where
+        L: Loader<V> + ?Sized,
+    {
+        let error = match self.load_and_store(job).await {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        let now = self.clock.now();
+        match (self.resilience.fail_safe, previous) {
+            (Some(throttle), Some(previous)) if !previous.meta.is_expired(now) => {
+                bump(&self.counters.stale_served);
+                tracing::warn!(key = %job.key, %error, "loader failed; serving the stale value (fail-safe)");
+                let mut entry = previous.clone();
+                entry.meta.fresh_until = (now + throttle).min(entry.meta.stale_until);
+                self.store(&job.key, job.generation, entry).await;
+                Ok(Some(previous.value.clone()))
+            }
+            _ => Err(error),
+        }
     }
 
     /// A fresh entry newer than `previous`, if the backend has one (another process stored it).
@@ -469,7 +815,7 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
         L: Loader<V> + ?Sized + 'static,
     {
         let Some(lock) = &self.lock else {
-            return self.load_and_store(&job).await;
+            return self.load_or_fail_safe(&job, previous.as_ref()).await;
         };
         let key = &job.key;
         let deadline = tokio::time::Instant::now() + lock.options().max_wait;
@@ -480,7 +826,7 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
                     // The previous holder may have stored its value just before we took the lock.
                     let result = match self.newer_in_backend(key, previous.as_ref()).await {
                         Some(entry) => Ok(Some(entry.value)),
-                        None => self.load_and_store(&job).await,
+                        None => self.load_or_fail_safe(&job, previous.as_ref()).await,
                     };
                     if let Err(error) = guard.release().await {
                         tracing::warn!(%key, %error, "could not release a lock; it expires with its lease");
@@ -491,22 +837,25 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
                 Err(error) => {
                     bump(&self.counters.backend_errors);
                     tracing::warn!(%key, %error, "lock store failed; loading without the lock");
-                    return self.load_and_store(&job).await;
+                    return self.load_or_fail_safe(&job, previous.as_ref()).await;
                 }
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 bump(&self.counters.lock_timeouts);
-                let servable = previous.filter(|p| !p.meta.is_expired(self.clock.now()));
+                let servable = previous
+                    .as_ref()
+                    .filter(|p| !p.meta.is_expired(self.clock.now()));
                 return match (lock.options().on_timeout, servable) {
-                    (OnLockTimeout::ServeStale | OnLockTimeout::Fail, Some(previous)) => {
-                        Ok(Some(previous.value))
+                    (OnLockTimeout::ServeStale | OnLockTimeout::Fail, Some(servable)) => {
+                        bump(&self.counters.stale_served);
+                        Ok(Some(servable.value.clone()))
                     }
                     (OnLockTimeout::Fail, None) => Err(Error::lock(format!(
                         "waited {:?} for another process to load {key}",
                         lock.options().max_wait
                     ))),
-                    _ => self.load_and_store(&job).await,
+                    _ => self.load_or_fail_safe(&job, previous.as_ref()).await,
                 };
             }
             tokio::time::sleep(backoff.next_pause().min(deadline - now)).await;

@@ -39,7 +39,10 @@ mod lock;
 mod single_flight;
 
 pub use early::{DEFAULT_BETA, EarlyExpiry, RandomSource, SeededRandom, ThreadRandom};
-pub use guarded::{GuardedCache, GuardedCacheBuilder, GuardedStats, OptionsPolicy, WriteGuard};
+pub use guarded::{
+    DEFAULT_WARM_CONCURRENCY, GuardedCache, GuardedCacheBuilder, GuardedStats, OptionsPolicy,
+    WarmOutcome, WarmReport, WriteGuard,
+};
 pub use lock::{
     DEFAULT_LEASE, DEFAULT_LOCK_MAX_WAIT, DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX, DistributedLock,
     LockGuard, LockOptions, OnLockTimeout,

@@ -1,6 +1,6 @@
 //! Per-key coalescing of concurrent work in one process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,6 +140,85 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     /// Whether work for `key` is in progress.
     pub fn is_in_flight(&self, key: &Key) -> bool {
         self.shared.flights().contains_key(key)
+    }
+
+    /// Runs one batched `work` for the keys of `keys` that have no flight yet, and joins the flights
+    /// already running for the others; returns each key's outcome, in order. `work` receives the
+    /// keys it leads (in first-seen order, without duplicates) and must return one value per key.
+    /// Every led key is a flight of its own for other callers, who can join it while the batch runs.
+    pub async fn run_many<F, Fut>(&self, keys: &[Key], work: F) -> Vec<Result<T>>
+    where
+        F: FnOnce(Vec<Key>) -> Fut,
+        Fut: Future<Output = Result<Vec<T>>> + Send + 'static,
+    {
+        let mut receivers = Vec::with_capacity(keys.len());
+        let mut led: Vec<Key> = Vec::new();
+        let mut led_set: HashSet<&Key> = HashSet::new();
+        let mut landings = Vec::new();
+        {
+            let mut flights = self.shared.flights();
+            for key in keys {
+                if let Some(flight) = flights.get(key) {
+                    if !led_set.contains(key) {
+                        self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
+                    }
+                    receivers.push(flight.outcome.clone());
+                    continue;
+                }
+                self.shared.led.fetch_add(1, Ordering::Relaxed);
+                let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                let (sender, outcome) = watch::channel(None);
+                flights.insert(
+                    key.clone(),
+                    Flight {
+                        id,
+                        outcome: outcome.clone(),
+                    },
+                );
+                landings.push(Landing {
+                    shared: Arc::clone(&self.shared),
+                    key: key.clone(),
+                    id,
+                    sender: Some(sender),
+                });
+                led.push(key.clone());
+                led_set.insert(key);
+                receivers.push(outcome);
+            }
+        }
+        if !led.is_empty() {
+            let batch = work(led);
+            tokio::spawn(async move {
+                let mut landings = landings;
+                match batch.await {
+                    Ok(values) if values.len() == landings.len() => {
+                        for (landing, value) in landings.iter_mut().zip(values) {
+                            landing.land(Ok(value));
+                        }
+                    }
+                    Ok(values) => {
+                        let error = Error::loader(format!(
+                            "a batch load of {} keys returned {} values",
+                            landings.len(),
+                            values.len()
+                        ));
+                        for landing in &mut landings {
+                            landing.land(Err(error.clone()));
+                        }
+                    }
+                    Err(error) => {
+                        for landing in &mut landings {
+                            landing.land(Err(error.clone()));
+                        }
+                    }
+                }
+            });
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, receiver) in keys.iter().zip(receivers) {
+            out.push(self.wait(key, receiver).await);
+        }
+        out
     }
 
     /// Detaches the flight of `key`, if any: it runs on and its callers get its outcome, but new

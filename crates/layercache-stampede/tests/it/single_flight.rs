@@ -229,11 +229,17 @@ async fn invalidation_wins_over_a_load_that_started_before_it() {
     cache.invalidate(&key).await.unwrap();
     // ...so a caller from now on does not join the old flight: it loads anew.
     let fresh = CountingLoader::new(Duration::ZERO);
-    assert_eq!(cache.get_or_load(&key, &fresh).await.unwrap().as_deref(), Some("k#1"));
+    assert_eq!(
+        cache.get_or_load(&key, &fresh).await.unwrap().as_deref(),
+        Some("k#1")
+    );
     assert_eq!(fresh.calls(), 1);
 
     old.release.notify_one();
-    assert_eq!(early_reader.await.unwrap().unwrap().as_deref(), Some("loaded"));
+    assert_eq!(
+        early_reader.await.unwrap().unwrap().as_deref(),
+        Some("loaded")
+    );
     // The old load did not overwrite the newer value.
     assert_eq!(backend.get(&key).await.unwrap().unwrap().value, "k#1");
     assert_eq!(cache.stats().stores_skipped, 1);
