@@ -75,14 +75,17 @@ struct Counters {
     expirations: AtomicU64,
 }
 
-/// Each entry lives until its own `stale_until`, read from the backend's clock.
+/// Each entry lives until its own `stale_until`, read from the backend's clock, and at most the
+/// TTL cap.
 struct EntryExpiry {
     clock: SharedClock,
+    cap: Option<Duration>,
 }
 
 impl EntryExpiry {
     fn remaining<V>(&self, entry: &Entry<V>) -> Duration {
-        entry.meta.time_to_live(self.clock.now())
+        let left = entry.meta.time_to_live(self.clock.now());
+        self.cap.map_or(left, |cap| left.min(cap))
     }
 }
 
@@ -110,6 +113,7 @@ pub struct MokaBackendBuilder<V> {
     max_bytes: Option<(u64, Weigher<V>)>,
     clock: SharedClock,
     name: Option<String>,
+    ttl_cap: Option<Duration>,
 }
 
 impl<V> fmt::Debug for MokaBackendBuilder<V> {
@@ -149,6 +153,15 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
         self
     }
 
+    /// Keeps no entry longer than `cap`, whatever its `stale_until` (default no cap). A two-tier
+    /// cache caps its L1 so that changes made through other processes show within `cap`. The cap
+    /// is measured by moka's own monotonic clock.
+    #[must_use]
+    pub fn time_to_live_cap(mut self, cap: Duration) -> Self {
+        self.ttl_cap = Some(cap);
+        self
+    }
+
     /// A name for moka's internal diagnostics.
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -163,6 +176,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
         let mut builder = Cache::builder()
             .expire_after(EntryExpiry {
                 clock: Arc::clone(&self.clock),
+                cap: self.ttl_cap,
             })
             .eviction_listener(move |_key, _value, cause| match cause {
                 RemovalCause::Size => {
@@ -175,6 +189,9 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
                 }
                 RemovalCause::Explicit | RemovalCause::Replaced => {}
             });
+        if self.ttl_cap.is_some_and(|cap| cap.is_zero()) {
+            return Err(Error::config("time_to_live_cap must be greater than zero"));
+        }
         if let Some(name) = &self.name {
             builder = builder.name(name);
         }
@@ -232,6 +249,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
             max_bytes: None,
             clock: Arc::new(SystemClock),
             name: None,
+            ttl_cap: None,
         }
     }
 

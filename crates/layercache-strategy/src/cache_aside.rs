@@ -7,7 +7,9 @@ use std::time::Duration;
 use layercache_core::{
     Backend, Clock, EntryOptions, Key, Loader, Result, SharedClock, SystemClock, async_trait,
 };
-use layercache_stampede::{DistributedLock, EarlyExpiry, GuardedCache, GuardedStats};
+use layercache_stampede::{
+    DistributedLock, EarlyExpiry, GuardedCache, GuardedCacheBuilder, GuardedStats,
+};
 
 /// The default TTL of negative entries (a source's "absent"): 10 s.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
@@ -46,7 +48,12 @@ pub struct CacheAsideBuilder<V> {
     single_flight: bool,
     lock: Option<DistributedLock>,
     early: Option<EarlyExpiry>,
+    configure: Option<ConfigureGuards<V>>,
 }
+
+/// Adjusts the guards' builder (fail-safe, timeouts, eager refresh).
+type ConfigureGuards<V> =
+    Box<dyn FnOnce(GuardedCacheBuilder<Option<V>>) -> GuardedCacheBuilder<Option<V>> + Send>;
 
 impl<V> fmt::Debug for CacheAsideBuilder<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -115,6 +122,19 @@ impl<V: Clone + Send + Sync + 'static> CacheAsideBuilder<V> {
         self
     }
 
+    /// Sets anything else on the guards underneath: fail-safe, soft and hard load timeouts, eager
+    /// refresh, the wait bound (see [`GuardedCacheBuilder`]).
+    #[must_use]
+    pub fn configure(
+        mut self,
+        f: impl FnOnce(GuardedCacheBuilder<Option<V>>) -> GuardedCacheBuilder<Option<V>>
+        + Send
+        + 'static,
+    ) -> Self {
+        self.configure = Some(Box::new(f));
+        self
+    }
+
     /// Builds the cache; invalid options are a config error.
     pub fn build(self) -> Result<CacheAside<V>> {
         if let Some(negative) = &self.negative {
@@ -134,6 +154,9 @@ impl<V: Clone + Send + Sync + 'static> CacheAsideBuilder<V> {
         }
         if let Some(early) = self.early {
             guarded = guarded.early_expiry(early);
+        }
+        if let Some(configure) = self.configure {
+            guarded = configure(guarded);
         }
         Ok(CacheAside {
             guarded: guarded.build()?,
@@ -226,6 +249,7 @@ impl<V: Clone + Send + Sync + 'static> CacheAside<V> {
             single_flight: true,
             lock: None,
             early: None,
+            configure: None,
         }
     }
 
@@ -310,7 +334,8 @@ impl<V: Clone + Send + Sync + 'static> CacheAside<V> {
         self.cache_negatives
     }
 
-    pub(crate) fn options(&self) -> &EntryOptions {
+    /// The entry options of cached values.
+    pub fn options(&self) -> &EntryOptions {
         &self.options
     }
 

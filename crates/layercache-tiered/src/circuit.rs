@@ -1,0 +1,150 @@
+//! A circuit breaker for the shared tier: stop calling a failing L2 for a cool-down, then probe.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The default number of consecutive L2 failures that open the circuit.
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+/// The default time the circuit stays open before a probe (500 ms).
+pub const DEFAULT_COOL_DOWN: Duration = Duration::from_millis(500);
+
+/// The state of the L2 circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CircuitState {
+    /// L2 is called normally.
+    Closed,
+    /// L2 is skipped until the cool-down ends.
+    Open,
+    /// One probe call is let through; its outcome closes or reopens the circuit.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// A probe is out; another is let through if it has not reported by `probe_until` (its caller
+    /// may have been cancelled).
+    HalfOpen {
+        probe_until: Instant,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct CircuitBreaker {
+    state: Mutex<State>,
+    threshold: u32,
+    cool_down: Duration,
+    opened: AtomicU64,
+}
+
+impl CircuitBreaker {
+    pub(crate) fn new(threshold: u32, cool_down: Duration) -> Self {
+        CircuitBreaker {
+            state: Mutex::new(State::Closed { failures: 0 }),
+            threshold: threshold.max(1),
+            cool_down,
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a call may go to L2 now. In half-open state, one caller gets through (the probe).
+    pub(crate) fn allow(&self) -> bool {
+        let mut state = self.state();
+        let now = Instant::now();
+        match *state {
+            State::Closed { .. } => true,
+            State::Open { until } | State::HalfOpen { probe_until: until } if now >= until => {
+                *state = State::HalfOpen {
+                    probe_until: now + self.cool_down,
+                };
+                true
+            }
+            State::Open { .. } | State::HalfOpen { .. } => false,
+        }
+    }
+
+    pub(crate) fn success(&self) {
+        let mut state = self.state();
+        if !matches!(*state, State::Closed { failures: 0 }) {
+            *state = State::Closed { failures: 0 };
+        }
+    }
+
+    pub(crate) fn failure(&self) {
+        let mut state = self.state();
+        let open = match *state {
+            State::Closed { failures } if failures + 1 >= self.threshold => true,
+            State::Closed { failures } => {
+                *state = State::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            State::HalfOpen { .. } => true,
+            State::Open { .. } => false,
+        };
+        if open {
+            *state = State::Open {
+                until: Instant::now() + self.cool_down,
+            };
+            self.opened.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(cool_down = ?self.cool_down, "L2 circuit opened");
+        }
+    }
+
+    pub(crate) fn current(&self) -> CircuitState {
+        match *self.state() {
+            State::Closed { .. } => CircuitState::Closed,
+            State::Open { .. } => CircuitState::Open,
+            State::HalfOpen { .. } => CircuitState::HalfOpen,
+        }
+    }
+
+    pub(crate) fn times_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_threshold_and_probes_after_cool_down() {
+        let breaker = CircuitBreaker::new(3, Duration::from_secs(1));
+        for _ in 0..2 {
+            assert!(breaker.allow());
+            breaker.failure();
+        }
+        assert_eq!(breaker.current(), CircuitState::Closed);
+        breaker.failure();
+        assert_eq!(breaker.current(), CircuitState::Open);
+        assert!(!breaker.allow());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(breaker.allow(), "the probe goes through");
+        assert!(!breaker.allow(), "only one probe at a time");
+        breaker.failure();
+        assert_eq!(breaker.current(), CircuitState::Open);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(breaker.allow());
+        breaker.success();
+        assert_eq!(breaker.current(), CircuitState::Closed);
+        assert!(breaker.allow());
+        assert_eq!(breaker.times_opened(), 2);
+    }
+}
