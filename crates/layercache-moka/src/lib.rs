@@ -89,15 +89,20 @@ impl EntryExpiry {
     }
 }
 
-impl<V> Expiry<Key, Entry<V>> for EntryExpiry {
-    fn expire_after_create(&self, _key: &Key, value: &Entry<V>, _at: Instant) -> Option<Duration> {
+impl<V> Expiry<Key, Arc<Entry<V>>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Key,
+        value: &Arc<Entry<V>>,
+        _at: Instant,
+    ) -> Option<Duration> {
         Some(self.remaining(value))
     }
 
     fn expire_after_update(
         &self,
         _key: &Key,
-        value: &Entry<V>,
+        value: &Arc<Entry<V>>,
         _at: Instant,
         _left: Option<Duration>,
     ) -> Option<Duration> {
@@ -112,6 +117,7 @@ pub struct MokaBackendBuilder<V> {
     max_entries: u64,
     max_bytes: Option<(u64, Weigher<V>)>,
     clock: SharedClock,
+    exact_clock: bool,
     name: Option<String>,
     ttl_cap: Option<Duration>,
 }
@@ -150,6 +156,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
+        self.exact_clock = true;
         self
     }
 
@@ -199,7 +206,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
             Some((0, _)) => return Err(Error::config("max_bytes must be greater than 0")),
             Some((max_bytes, weigher)) => builder
                 .max_capacity(max_bytes)
-                .weigher(move |key: &Key, entry: &Entry<V>| weigher(key, &entry.value)),
+                .weigher(move |key: &Key, entry: &Arc<Entry<V>>| weigher(key, &entry.value)),
             None if self.max_entries == 0 => {
                 return Err(Error::config("max_entries must be greater than 0"));
             }
@@ -208,6 +215,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
         Ok(MokaBackend {
             cache: builder.build(),
             clock: self.clock,
+            exact_clock: self.exact_clock,
             counters,
         })
     }
@@ -217,8 +225,12 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
 ///
 /// Cloning is cheap and shares the cache.
 pub struct MokaBackend<V> {
-    cache: Cache<Key, Entry<V>>,
+    // Entries sit behind an `Arc`: moka moves smaller values, and a hit clones the entry once.
+    cache: Cache<Key, Arc<Entry<V>>>,
     clock: SharedClock,
+    /// Whether a clock was injected; with the system clock moka's own expiry is exact enough and
+    /// a hit skips reading the clock.
+    exact_clock: bool,
     counters: Arc<Counters>,
 }
 
@@ -227,6 +239,7 @@ impl<V> Clone for MokaBackend<V> {
         MokaBackend {
             cache: self.cache.clone(),
             clock: Arc::clone(&self.clock),
+            exact_clock: self.exact_clock,
             counters: Arc::clone(&self.counters),
         }
     }
@@ -248,6 +261,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
             max_entries: DEFAULT_MAX_ENTRIES,
             max_bytes: None,
             clock: Arc::new(SystemClock),
+            exact_clock: false,
             name: None,
             ttl_cap: None,
         }
@@ -281,10 +295,10 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
 impl<V: Clone + Send + Sync + 'static> Backend<V> for MokaBackend<V> {
     async fn get(&self, key: &Key) -> Result<Option<Entry<V>>> {
         match self.cache.get(key).await {
-            // moka expires by its own monotonic clock; checking ours too keeps an injected clock exact.
-            Some(entry) if !entry.meta.is_expired(self.clock.now()) => {
+            // moka expires by its own monotonic clock; checking an injected clock too keeps it exact.
+            Some(entry) if !(self.exact_clock && entry.meta.is_expired(self.clock.now())) => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(entry))
+                Ok(Some(Entry::clone(&entry)))
             }
             _ => {
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
@@ -297,7 +311,7 @@ impl<V: Clone + Send + Sync + 'static> Backend<V> for MokaBackend<V> {
         if entry.meta.is_expired(self.clock.now()) {
             self.cache.invalidate(key).await;
         } else {
-            self.cache.insert(key.clone(), entry).await;
+            self.cache.insert(key.clone(), Arc::new(entry)).await;
         }
         Ok(())
     }

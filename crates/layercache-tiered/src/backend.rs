@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use layercache_core::{Backend, Entry, Error, Key, Namespace, Result, async_trait};
-use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::circuit::{CircuitBreaker, CircuitState};
@@ -66,7 +65,6 @@ struct Inner<V> {
     /// Held while L2 writes are sent, so a synchronous delete cannot be overtaken by an older
     /// background write of the same key.
     l2_writes: tokio::sync::Mutex<()>,
-    wake_writer: Notify,
     writer_running: AtomicBool,
     counters: TierCounters,
 }
@@ -125,7 +123,6 @@ impl<V: Clone + Send + Sync + 'static> TieredBackend<V> {
                 pending_limit: pending_limit.max(1),
                 retry_interval,
                 l2_writes: tokio::sync::Mutex::new(()),
-                wake_writer: Notify::new(),
                 writer_running: AtomicBool::new(false),
                 counters: TierCounters::default(),
             }),
@@ -241,7 +238,6 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
 
     fn start_writer(self: &Arc<Self>) {
         if self.writer_running.swap(true, Ordering::AcqRel) {
-            self.wake_writer.notify_one();
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -259,19 +255,15 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
             let drained = Inner::drain(&inner).await;
             if inner.pending_len() == 0 {
                 inner.writer_running.store(false, Ordering::Release);
-                // A write queued between the check and the store would find the flag set and
-                // only notify; look once more so it is not stranded.
+                // A write queued between the check and the store found the flag still set and
+                // started no writer; look once more so it is not stranded.
                 if inner.pending_len() == 0 || inner.writer_running.swap(true, Ordering::AcqRel) {
                     return;
                 }
             }
-            let pause = if drained.is_ok() {
-                Duration::ZERO
-            } else {
-                inner.retry_interval
-            };
-            if !pause.is_zero() {
-                let _ = tokio::time::timeout(pause, inner.wake_writer.notified()).await;
+            if drained.is_err() {
+                // After a failure, rest the whole interval: new writes just join the queue.
+                tokio::time::sleep(inner.retry_interval).await;
             }
         }
     }
@@ -280,6 +272,9 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
     async fn drain(self: &Arc<Self>) -> Result<()> {
         let Some(l2) = &self.l2 else { return Ok(()) };
         loop {
+            if self.breaker.current() == CircuitState::Open && !self.breaker.cool_down_over() {
+                return Err(Error::unavailable("L2 circuit is open"));
+            }
             let _order = self.l2_writes.lock().await;
             let (sets, deletes) = {
                 let mut pending = self.pending();

@@ -57,6 +57,7 @@ pub struct TieredCacheBuilder<V> {
     breaker_cool_down: Duration,
     pending_writes: usize,
     clock: SharedClock,
+    custom_clock: bool,
     name: String,
 }
 
@@ -234,6 +235,7 @@ where
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
+        self.custom_clock = true;
         self
     }
 
@@ -243,8 +245,10 @@ where
             let mut builder = MokaBackend::builder()
                 .max_entries(self.l1_max_entries)
                 .time_to_live_cap(self.l1_ttl_cap)
-                .clock(SharedClockRef(Arc::clone(&self.clock)))
                 .name(self.name.clone());
+            if self.custom_clock {
+                builder = builder.clock(SharedClockRef(Arc::clone(&self.clock)));
+            }
             if let Some((max_bytes, weigher)) = self.l1_max_bytes {
                 builder =
                     builder.max_bytes(max_bytes, move |key: &Key, value: &Option<V>| match value {
@@ -421,6 +425,7 @@ where
             breaker_cool_down: DEFAULT_COOL_DOWN,
             pending_writes: DEFAULT_PENDING_WRITES,
             clock: Arc::new(SystemClock),
+            custom_clock: false,
             name: "default".to_owned(),
         }
     }

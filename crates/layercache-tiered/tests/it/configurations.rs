@@ -1,0 +1,143 @@
+//! L1 alone, L2 alone and both are valid; the L2 tier fills L1; writes reach both.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use layercache_core::{Backend, EntryOptions, ErrorKind, Key};
+use layercache_redis::RedisBackend;
+use layercache_testkit::RedisServer;
+use layercache_testkit::conformance::unique_space;
+use layercache_tiered::{CircuitState, TieredCache};
+
+use crate::Source;
+
+#[tokio::test]
+async fn l1_alone_works_without_any_server() {
+    let cache: TieredCache<String> = TieredCache::builder().build().unwrap();
+    let source = Source::new(Duration::ZERO);
+    let key = Key::new("k").unwrap();
+    for _ in 0..5 {
+        assert!(cache.get_or_load(&key, &source).await.unwrap().is_some());
+    }
+    assert_eq!(source.loads(), 1);
+    let stats = cache.stats();
+    assert_eq!((stats.l1_hits, stats.l1_misses, stats.l2_hits), (4, 1, 0));
+    assert_eq!(stats.circuit, CircuitState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_alone_shares_values_between_instances() {
+    let server = RedisServer::start();
+    let build = || {
+        TieredCache::<String>::builder()
+            .without_l1()
+            .redis_url(server.url())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    let source = Source::new(Duration::ZERO);
+    let key = unique_space().namespace("l2").unwrap().key("k").unwrap();
+    let value = a.get_or_load(&key, &source).await.unwrap();
+    assert_eq!(b.get_or_load(&key, &source).await.unwrap(), value);
+    assert_eq!(source.loads(), 1, "b read a's value from Redis");
+    assert_eq!(b.stats().l2_hits, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l2_hit_fills_l1_and_set_and_delete_reach_both_tiers() {
+    let server = RedisServer::start();
+    let build = || {
+        TieredCache::<String>::builder()
+            .redis_url(server.url())
+            .options(EntryOptions::new(Duration::from_secs(60)))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    let key = unique_space().namespace("both").unwrap().key("k").unwrap();
+    a.set(&key, "from a".to_owned()).await.unwrap();
+    let source = Source::new(Duration::ZERO);
+    assert_eq!(
+        b.get_or_load(&key, &source).await.unwrap().as_deref(),
+        Some("from a")
+    );
+    assert_eq!(
+        b.get_or_load(&key, &source).await.unwrap().as_deref(),
+        Some("from a")
+    );
+    let stats = b.stats();
+    assert_eq!(
+        (stats.l2_hits, stats.l1_hits),
+        (1, 1),
+        "the L2 hit filled L1: {stats:?}"
+    );
+    assert_eq!(source.loads(), 0);
+
+    assert!(a.delete(&key).await.unwrap());
+    let l2 = RedisBackend::connect(server.url()).await.unwrap();
+    assert!(
+        Backend::<Option<String>>::get(&l2, &key)
+            .await
+            .unwrap()
+            .is_none(),
+        "gone from L2"
+    );
+    assert_eq!(a.get(&key).await.unwrap(), None, "gone from a's L1");
+}
+
+#[tokio::test]
+async fn absent_rows_are_cached_negatively() {
+    struct Nothing(std::sync::atomic::AtomicU64);
+    #[layercache_core::async_trait]
+    impl layercache_core::Loader<String> for Nothing {
+        async fn load(&self, _key: &Key) -> layercache_core::Result<Option<String>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(None)
+        }
+    }
+    let cache: TieredCache<String> = TieredCache::builder()
+        .negative_ttl(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let source = Arc::new(Nothing(Default::default()));
+    let key = Key::new("missing").unwrap();
+    for _ in 0..10 {
+        assert_eq!(cache.get_or_load(&key, &source).await.unwrap(), None);
+    }
+    assert_eq!(source.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn invalid_configurations_are_config_errors() {
+    let no_tier = TieredCache::<String>::builder()
+        .without_l1()
+        .build()
+        .unwrap_err();
+    assert_eq!(no_tier.kind(), ErrorKind::Config);
+    let lock_without_redis = TieredCache::<String>::builder()
+        .distributed_lock(Default::default())
+        .build()
+        .unwrap_err();
+    assert_eq!(lock_without_redis.kind(), ErrorKind::Config);
+    let bad_fraction = TieredCache::<String>::builder()
+        .eager_refresh(1.5)
+        .build()
+        .unwrap_err();
+    assert_eq!(bad_fraction.kind(), ErrorKind::Config);
+    let bad_timeouts = TieredCache::<String>::builder()
+        .soft_timeout(Duration::from_secs(2))
+        .hard_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert_eq!(bad_timeouts.kind(), ErrorKind::Config);
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync::<TieredCache<String>>();
+    is_send_sync::<layercache_tiered::TieredBackend<Option<String>>>();
+    is_send_sync::<layercache_tiered::TieredStats>();
+    is_send_sync::<layercache_tiered::WarmReport>();
+}
