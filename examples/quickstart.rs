@@ -1,14 +1,14 @@
-//! Quickstart: an in-process cache (moka) in front of a deliberately slow function.
-//!
-//! Needs no server. Run it with `cargo run --example quickstart`.
+//! Quickstart: a cache in front of a deliberately slow function, on the embedded default (moka
+//! only, no server needed). Run it with `cargo run --example quickstart`.
 //!
 //! The first read of each key misses and pays for the slow source; the reads after it are served
-//! from memory. It prints each read's latency and, at the end, the hit ratio.
+//! from memory. Ten concurrent readers of a cold key share one load. It prints each read's latency
+//! and, at the end, the hit ratio.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use layercache::moka::MokaBackend;
-use layercache::{Backend, Clock, EntryOptions, Key, KeySpace, SystemClock};
+use layercache::{EntryOptions, Key, KeySpace, TieredCache, loader_fn};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -28,34 +28,39 @@ async fn load_product(id: u32) -> Product {
     }
 }
 
-/// Cache-aside by hand: read the cache, and on a miss load and store.
-async fn get_product(
-    cache: &MokaBackend<Product>,
-    options: &EntryOptions,
-    key: &Key,
-    id: u32,
-) -> layercache::Result<(Product, bool)> {
-    if let Some(entry) = cache.get(key).await? {
-        return Ok((entry.value, true));
-    }
-    let started = Instant::now();
-    let product = load_product(id).await;
-    let entry = options.entry(product.clone(), SystemClock.now(), started.elapsed())?;
-    cache.set(key, entry).await?;
-    Ok((product, false))
-}
-
 #[tokio::main]
 async fn main() -> layercache::Result<()> {
     let products = KeySpace::new("shop")?.namespace("products")?;
-    let cache: MokaBackend<Product> = MokaBackend::builder().max_entries(10_000).build()?;
-    let options = EntryOptions::new(Duration::from_secs(60)).with_jitter(Duration::from_secs(5));
+    // L1 only: add `.redis_url("redis://127.0.0.1:6379/")` to share the cache between processes.
+    let cache: TieredCache<Product> = TieredCache::builder()
+        .options(EntryOptions::new(Duration::from_secs(60)).with_jitter(Duration::from_secs(5)))
+        .build()?;
+    let loads = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let source = {
+        let (loads, products) = (loads.clone(), products.clone());
+        Arc::new(loader_fn(move |key: Key| {
+            let (loads, products) = (loads.clone(), products.clone());
+            async move {
+                loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let id = products
+                    .id_of(&key)
+                    .and_then(|id| id.parse().ok())
+                    .unwrap_or(0);
+                Ok(Some(load_product(id).await))
+            }
+        }))
+    };
 
     for round in 1..=3 {
         for id in [7, 42] {
             let key = products.key(&id.to_string())?;
+            let before = cache.stats();
             let started = Instant::now();
-            let (product, hit) = get_product(&cache, &options, &key, id).await?;
+            let Some(product) = cache.get_or_load(&key, &source).await? else {
+                println!("round {round}: {key} is not in the source");
+                continue;
+            };
+            let hit = cache.stats().l1_hits > before.l1_hits;
             println!(
                 "round {round}: {key:<22} {:<4} {:>10.3?}  {} at {}.{:02}",
                 if hit { "hit" } else { "miss" },
@@ -67,11 +72,32 @@ async fn main() -> layercache::Result<()> {
         }
     }
 
+    // Ten callers on one cold key: one load, shared.
+    let key = products.key("99")?;
+    let started = Instant::now();
+    let readers: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, source, key) = (cache.clone(), source.clone(), key.clone());
+            tokio::spawn(async move { cache.get_or_load(&key, &source).await })
+        })
+        .collect();
+    for reader in readers {
+        reader
+            .await
+            .map_err(|e| layercache::Error::loader("a reader task failed").with_source(e))??;
+    }
+    println!(
+        "10 concurrent readers of {key}: {:.3?}, loads so far: {}",
+        started.elapsed(),
+        loads.load(std::sync::atomic::Ordering::Relaxed)
+    );
+
     let stats = cache.stats();
     println!(
-        "hits: {}, misses: {}, hit ratio: {:.0}%",
-        stats.hits,
-        stats.misses,
+        "hits: {}, misses: {}, coalesced: {}, hit ratio: {:.0}%",
+        stats.l1_hits,
+        stats.l1_misses,
+        stats.coalesced,
         stats.hit_ratio() * 100.0
     );
     Ok(())

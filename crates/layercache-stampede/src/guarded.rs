@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use layercache_core::{
     Backend, Clock, Entry, EntryOptions, Error, Key, Loader, Result, SharedClock, SystemClock,
 };
@@ -680,7 +682,10 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
         let key = &job.key;
         bump(&self.counters.loads);
         let started = Instant::now();
-        let loading = job.loader.load(key);
+        let loading = job
+            .loader
+            .load(key)
+            .instrument(tracing::debug_span!("layercache.load", %key));
         let loaded = match self.resilience.hard_timeout {
             None => loading.await,
             Some(timeout) => tokio::time::timeout(timeout, loading)
@@ -720,6 +725,10 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
         let started = Instant::now();
         let loaded = loader
             .load_many(&keys)
+            .instrument(tracing::debug_span!(
+                "layercache.load_many",
+                keys = keys.len()
+            ))
             .await
             .inspect_err(|_| bump(&self.counters.load_errors))?;
         if loaded.len() != keys.len() {

@@ -7,7 +7,11 @@
 //! | feature   | default | brings                                          |
 //! |-----------|---------|-------------------------------------------------|
 //! | `moka`    | yes     | [`moka::MokaBackend`], the in-process tier      |
-//! | `redis`   | no      | [`redis::RedisBackend`], the shared tier        |
+//! | `redis`   | no      | `redis::RedisBackend`, the shared tier          |
+//! | `stampede`| no      | `stampede`: single-flight, distributed lock, XFetch, `GuardedCache` |
+//! | `strategy`| no      | `strategy`: cache-aside, read-through, write-through, write-behind |
+//! | `tiered`  | no      | `TieredCache`: L1 + L2 with everything composed (the main entry point) |
+//! | `metrics` | no      | `TieredCache::publish_metrics` through the `metrics` facade |
 //! | `msgpack` | no      | `MsgPackCodec`, a compact binary codec          |
 //!
 //! The core types ([`Backend`], [`Entry`], [`EntryOptions`], [`Key`], [`KeySpace`], [`Error`], …)
@@ -47,6 +51,31 @@ pub mod redis {
     pub use layercache_redis::*;
 }
 
-#[cfg(doctest)]
+/// Stampede guards (`layercache-stampede`).
+#[cfg(feature = "stampede")]
+pub mod stampede {
+    #[doc(inline)]
+    pub use layercache_stampede::*;
+}
+
+/// Caching strategies (`layercache-strategy`).
+#[cfg(feature = "strategy")]
+pub mod strategy {
+    #[doc(inline)]
+    pub use layercache_strategy::*;
+}
+
+/// The two-tier cache (`layercache-tiered`).
+#[cfg(feature = "tiered")]
+pub mod tiered {
+    #[doc(inline)]
+    pub use layercache_tiered::*;
+}
+
+#[cfg(feature = "tiered")]
+#[doc(inline)]
+pub use layercache_tiered::{TieredCache, TieredCacheBuilder, TieredStats};
+
+#[cfg(all(doctest, feature = "tiered"))]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
