@@ -607,23 +607,24 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
             }
             _ => None,
         };
-        let fill = Arc::clone(inner).fill(Job::new(inner, key, make_loader(), options), previous);
+        let job = Job::new(inner, key, make_loader(), options);
         if !inner.single_flight {
-            return fill.await;
+            return Arc::clone(inner).fill(job, previous, false).await;
         }
+        let flight = inner.flights.run_checked(key, |recheck| {
+            Arc::clone(inner).fill(job, previous, recheck)
+        });
         match soft {
-            None => inner.flights.run(key, fill).await,
+            None => flight.await,
             // On a soft timeout only this caller's wait ends: the flight goes on and fills the cache.
-            Some((timeout, stale)) => {
-                match tokio::time::timeout(timeout, inner.flights.run(key, fill)).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        bump(&inner.counters.soft_timeouts);
-                        bump(&inner.counters.stale_served);
-                        Ok(Some(stale))
-                    }
+            Some((timeout, stale)) => match tokio::time::timeout(timeout, flight).await {
+                Ok(result) => result,
+                Err(_) => {
+                    bump(&inner.counters.soft_timeouts);
+                    bump(&inner.counters.stale_served);
+                    Ok(Some(stale))
                 }
-            }
+            },
         }
     }
 }
@@ -819,10 +820,19 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
     /// The load a missing caller waits for (the single-flight leader's work). `previous` is the
     /// entry the caller saw (stale, or fresh for an early refresh); it is served when the lock wait
     /// times out and the configuration says so.
-    async fn fill<L>(self: Arc<Self>, job: Job<L>, previous: Option<Entry<V>>) -> Result<Option<V>>
+    async fn fill<L>(
+        self: Arc<Self>,
+        job: Job<L>,
+        previous: Option<Entry<V>>,
+        recheck: bool,
+    ) -> Result<Option<V>>
     where
         L: Loader<V> + ?Sized + 'static,
     {
+        // A flight of this key landed moments ago: its value is most likely stored already.
+        if recheck && let Some(entry) = self.newer_in_backend(&job.key, previous.as_ref()).await {
+            return Ok(Some(entry.value));
+        }
         let Some(lock) = &self.lock else {
             return self.load_or_fail_safe(&job, previous.as_ref()).await;
         };
@@ -880,7 +890,7 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
     where
         L: Loader<V> + ?Sized + 'static,
     {
-        let result = Arc::clone(&self).fill(job, Some(previous)).await;
+        let result = Arc::clone(&self).fill(job, Some(previous), false).await;
         if matches!(result, Ok(Some(_))) {
             bump(&self.counters.refreshes_completed);
         }

@@ -47,4 +47,4 @@ pub use lock::{
     DEFAULT_LEASE, DEFAULT_LOCK_MAX_WAIT, DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX, DistributedLock,
     LockGuard, LockOptions, OnLockTimeout,
 };
-pub use single_flight::{DEFAULT_MAX_WAIT, SingleFlight, SingleFlightStats};
+pub use single_flight::{DEFAULT_MAX_WAIT, LANDED_LINGER, SingleFlight, SingleFlightStats};

@@ -13,11 +13,22 @@ use tokio::sync::watch;
 /// The default bound on how long a caller waits for a flight (10 s).
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a flight that succeeded is remembered after it landed. A caller that missed the cache
+/// just before the flight stored its value, and starts a flight just after it landed, is told so
+/// ([`SingleFlight::run_checked`]) and reads the cache again instead of loading.
+pub const LANDED_LINGER: Duration = Duration::from_millis(500);
+
 type Outcome<T> = Option<Result<T>>;
 
 struct Flight<T> {
     id: u64,
     outcome: watch::Receiver<Outcome<T>>,
+}
+
+impl<T> Flight<T> {
+    fn landed(&self) -> bool {
+        self.outcome.borrow().is_some()
+    }
 }
 
 struct Shared<T> {
@@ -66,7 +77,7 @@ pub struct SingleFlightStats {
 /// use layercache_core::Key;
 /// use layercache_stampede::SingleFlight;
 ///
-/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let flights = SingleFlight::<u64>::new();
 /// let key = Key::new("answer")?;
 /// let (a, b) = tokio::join!(
@@ -95,7 +106,7 @@ impl<T> Clone for SingleFlight<T> {
 impl<T> fmt::Debug for SingleFlight<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SingleFlight")
-            .field("in_flight", &self.shared.flights().len())
+            .field("flights", &self.shared.flights().len())
             .field("max_wait", &self.max_wait)
             .finish()
     }
@@ -133,13 +144,18 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         SingleFlightStats {
             led: self.shared.led.load(Ordering::Relaxed),
             coalesced: self.shared.coalesced.load(Ordering::Relaxed),
-            in_flight: self.shared.flights().len() as u64,
+            in_flight: self
+                .shared
+                .flights()
+                .values()
+                .filter(|f| !f.landed())
+                .count() as u64,
         }
     }
 
     /// Whether work for `key` is in progress.
     pub fn is_in_flight(&self, key: &Key) -> bool {
-        self.shared.flights().contains_key(key)
+        self.shared.flights().get(key).is_some_and(|f| !f.landed())
     }
 
     /// Runs one batched `work` for the keys of `keys` that have no flight yet, and joins the flights
@@ -158,7 +174,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         {
             let mut flights = self.shared.flights();
             for key in keys {
-                if let Some(flight) = flights.get(key) {
+                if let Some(flight) = flights.get(key).filter(|f| !f.landed()) {
                     if !led_set.contains(key) {
                         self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
                     }
@@ -233,7 +249,18 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     where
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let outcome = self.join_or_start(key, work);
+        self.run_checked(key, |_| work).await
+    }
+
+    /// Like [`run`](Self::run), but `make_work` learns whether a flight of `key` succeeded moments
+    /// ago (within [`LANDED_LINGER`]). A caller that missed the cache just before that flight
+    /// stored its value should then read the cache again instead of loading: the value is there.
+    pub async fn run_checked<F, M>(&self, key: &Key, make_work: M) -> Result<T>
+    where
+        M: FnOnce(bool) -> F,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let outcome = self.join_or_start(key, make_work);
         self.wait(key, outcome).await
     }
 
@@ -244,23 +271,28 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         F: Future<Output = Result<T>> + Send + 'static,
     {
         let mut flights = self.shared.flights();
-        if flights.contains_key(key) {
+        if flights.get(key).is_some_and(|f| !f.landed()) {
             return false;
         }
         self.start(&mut flights, key, work);
         true
     }
 
-    fn join_or_start<F>(&self, key: &Key, work: F) -> watch::Receiver<Outcome<T>>
+    fn join_or_start<F, M>(&self, key: &Key, make_work: M) -> watch::Receiver<Outcome<T>>
     where
+        M: FnOnce(bool) -> F,
         F: Future<Output = Result<T>> + Send + 'static,
     {
         let mut flights = self.shared.flights();
-        if let Some(flight) = flights.get(key) {
-            self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
-            return flight.outcome.clone();
-        }
-        self.start(&mut flights, key, work)
+        let recently_landed = match flights.get(key) {
+            Some(flight) if !flight.landed() => {
+                self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
+                return flight.outcome.clone();
+            }
+            Some(_) => true,
+            None => false,
+        };
+        self.start(&mut flights, key, make_work(recently_landed))
     }
 
     fn start<F>(
@@ -316,30 +348,47 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
 
 /// Delivers a flight's outcome and frees its key, exactly once: when the work finishes, or — if the
 /// work panicked or its task was dropped — when this is dropped.
-struct Landing<T> {
+struct Landing<T: Send + Sync + 'static> {
     shared: Arc<Shared<T>>,
     key: Key,
     id: u64,
     sender: Option<watch::Sender<Outcome<T>>>,
 }
 
-impl<T> Landing<T> {
+impl<T: Send + Sync + 'static> Landing<T> {
     fn land(&mut self, result: Result<T>) {
         let Some(sender) = self.sender.take() else {
             return;
         };
+        // A failed flight is forgotten at once; a successful one is remembered for LANDED_LINGER
+        // (new callers start a new flight, told that one just landed).
+        let linger = result
+            .is_ok()
+            .then(tokio::runtime::Handle::try_current)
+            .and_then(Result::ok);
         {
             let mut flights = self.shared.flights();
-            if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
+            if linger.is_none() && flights.get(&self.key).is_some_and(|f| f.id == self.id) {
                 flights.remove(&self.key);
             }
+            // Sent under the map's lock, so no caller sees this flight landed but unsent.
+            // Nobody waiting is fine: the work's side effects (filling the cache) are what matter.
+            let _ = sender.send(Some(result));
         }
-        // Nobody waiting is fine: the work's side effects (filling the cache) are what matter.
-        let _ = sender.send(Some(result));
+        if let Some(runtime) = linger {
+            let (shared, key, id) = (Arc::clone(&self.shared), self.key.clone(), self.id);
+            runtime.spawn(async move {
+                tokio::time::sleep(LANDED_LINGER).await;
+                let mut flights = shared.flights();
+                if flights.get(&key).is_some_and(|f| f.id == id) {
+                    flights.remove(&key);
+                }
+            });
+        }
     }
 }
 
-impl<T> Drop for Landing<T> {
+impl<T: Send + Sync + 'static> Drop for Landing<T> {
     fn drop(&mut self) {
         if self.sender.is_some() {
             self.land(Err(Error::loader(format!(
