@@ -27,6 +27,7 @@ pub const DEFAULT_L1_TTL_CAP: Duration = Duration::from_secs(60);
 pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_millis(100);
 
 type Weigher<V> = Arc<dyn Fn(&Key, &V) -> u32 + Send + Sync>;
+type Tier<V> = Arc<dyn Backend<Option<V>>>;
 
 enum L2Source<V> {
     None,
@@ -260,8 +261,7 @@ where
         } else {
             None
         };
-        let (redis, l2): (Option<RedisBackend>, Option<Arc<dyn Backend<Option<V>>>>) = match self.l2
-        {
+        let (redis, l2): (Option<RedisBackend>, Option<Tier<V>>) = match self.l2 {
             L2Source::Url(url) => {
                 let redis = RedisBackend::builder(url)
                     .command_timeout(self.l2_timeout)

@@ -5,6 +5,7 @@
 mod bulk;
 mod configurations;
 mod faults;
+mod metrics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
