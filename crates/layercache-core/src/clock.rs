@@ -15,6 +15,13 @@ pub trait Clock: Send + Sync + Debug + 'static {
 /// A clock shared between a cache's parts.
 pub type SharedClock = Arc<dyn Clock>;
 
+/// A shared clock is a clock, so builders that take `impl Clock` accept a [`SharedClock`].
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> Timestamp {
+        (**self).now()
+    }
+}
+
 /// The system's wall clock.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;

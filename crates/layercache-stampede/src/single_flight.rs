@@ -181,22 +181,8 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
                     receivers.push(flight.outcome.clone());
                     continue;
                 }
-                self.shared.led.fetch_add(1, Ordering::Relaxed);
-                let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-                let (sender, outcome) = watch::channel(None);
-                flights.insert(
-                    key.clone(),
-                    Flight {
-                        id,
-                        outcome: outcome.clone(),
-                    },
-                );
-                landings.push(Landing {
-                    shared: Arc::clone(&self.shared),
-                    key: key.clone(),
-                    id,
-                    sender: Some(sender),
-                });
+                let (landing, outcome) = self.insert_flight(&mut flights, key);
+                landings.push(landing);
                 led.push(key.clone());
                 led_set.insert(key);
                 receivers.push(outcome);
@@ -304,6 +290,21 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     where
         F: Future<Output = Result<T>> + Send + 'static,
     {
+        let (landing, outcome) = self.insert_flight(flights, key);
+        tokio::spawn(async move {
+            let mut landing = landing;
+            let result = work.await;
+            landing.land(result);
+        });
+        outcome
+    }
+
+    /// Registers a new flight of `key`: the landing that will deliver its outcome, and a receiver.
+    fn insert_flight(
+        &self,
+        flights: &mut HashMap<Key, Flight<T>>,
+        key: &Key,
+    ) -> (Landing<T>, watch::Receiver<Outcome<T>>) {
         self.shared.led.fetch_add(1, Ordering::Relaxed);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, outcome) = watch::channel(None);
@@ -320,12 +321,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             id,
             sender: Some(sender),
         };
-        tokio::spawn(async move {
-            let mut landing = landing;
-            let result = work.await;
-            landing.land(result);
-        });
-        outcome
+        (landing, outcome)
     }
 
     async fn wait(&self, key: &Key, mut outcome: watch::Receiver<Outcome<T>>) -> Result<T> {

@@ -14,12 +14,18 @@ use layercache_stampede::{
 /// The default TTL of negative entries (a source's "absent"): 10 s.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 
-/// Adapts a `Loader<V>` to the cache's `Option<V>` values: the source's "absent" becomes a value
-/// that is cached like any other, with the negative TTL.
-pub(crate) struct Absence<L: ?Sized>(pub(crate) Arc<L>);
+/// Adapts a `Loader<V>` to a cache of `Option<V>` values: the source's "absent" becomes the value
+/// `None`, cached like any other (with the negative TTL). Allocated only on a miss.
+pub struct AbsentAsValue<L: ?Sized>(pub Arc<L>);
+
+impl<L: ?Sized> fmt::Debug for AbsentAsValue<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AbsentAsValue")
+    }
+}
 
 #[async_trait]
-impl<V, L> Loader<Option<V>> for Absence<L>
+impl<V, L> Loader<Option<V>> for AbsentAsValue<L>
 where
     V: Send + 'static,
     L: Loader<V> + ?Sized,
@@ -143,7 +149,7 @@ impl<V: Clone + Send + Sync + 'static> CacheAsideBuilder<V> {
         let negative = self.negative.clone();
         let mut guarded = GuardedCache::builder(Arc::clone(&self.backend))
             .options(self.options.clone())
-            .clock(ClockRef(Arc::clone(&self.clock)))
+            .clock(Arc::clone(&self.clock))
             .single_flight(self.single_flight)
             .options_policy(move |value: &Option<V>| match value {
                 None => negative.clone(),
@@ -164,16 +170,6 @@ impl<V: Clone + Send + Sync + 'static> CacheAsideBuilder<V> {
             cache_negatives: self.negative.is_some(),
             clock: self.clock,
         })
-    }
-}
-
-/// A shared clock handed on as a `Clock`.
-#[derive(Debug)]
-struct ClockRef(SharedClock);
-
-impl Clock for ClockRef {
-    fn now(&self) -> layercache_core::Timestamp {
-        self.0.now()
     }
 }
 
@@ -305,7 +301,7 @@ impl<V: Clone + Send + Sync + 'static> CacheAside<V> {
     {
         let value = self
             .guarded
-            .get_or_load_lazy(key, None, || Arc::new(Absence(Arc::clone(loader))))
+            .get_or_load_lazy(key, None, || Arc::new(AbsentAsValue(Arc::clone(loader))))
             .await?;
         Ok(value.flatten())
     }
@@ -324,7 +320,7 @@ impl<V: Clone + Send + Sync + 'static> CacheAside<V> {
         options.validate()?;
         let value = self
             .guarded
-            .get_or_load_lazy(key, Some(options), || Arc::new(Absence(Arc::clone(loader))))
+            .get_or_load_lazy(key, Some(options), || Arc::new(AbsentAsValue(Arc::clone(loader))))
             .await?;
         Ok(value.flatten())
     }

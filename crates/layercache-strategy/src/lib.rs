@@ -15,6 +15,6 @@ mod cache_aside;
 mod read_through;
 mod write_through;
 
-pub use cache_aside::{CacheAside, CacheAsideBuilder, DEFAULT_NEGATIVE_TTL};
+pub use cache_aside::{AbsentAsValue, CacheAside, CacheAsideBuilder, DEFAULT_NEGATIVE_TTL};
 pub use read_through::ReadThrough;
 pub use write_through::{WriteThrough, WriteThroughStats};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use layercache_core::{Key, Loader, Result};
 
-use crate::cache_aside::{Absence, CacheAside};
+use crate::cache_aside::{AbsentAsValue, CacheAside};
 
 /// A cache that owns its loader: [`get`](Self::get) loads on a miss, and
 /// [`get_many`](Self::get_many) reads all keys in one batch and loads all misses with one
@@ -16,7 +16,7 @@ use crate::cache_aside::{Absence, CacheAside};
 pub struct ReadThrough<V, L: ?Sized> {
     cache: CacheAside<V>,
     loader: Arc<L>,
-    batch_loader: Arc<Absence<L>>,
+    batch_loader: Arc<AbsentAsValue<L>>,
 }
 
 impl<V, L: ?Sized> Clone for ReadThrough<V, L> {
@@ -44,7 +44,7 @@ where
 {
     /// A read-through cache over `cache`, loading with `loader`.
     pub fn new(cache: CacheAside<V>, loader: Arc<L>) -> Self {
-        let batch_loader = Arc::new(Absence(Arc::clone(&loader)));
+        let batch_loader = Arc::new(AbsentAsValue(Arc::clone(&loader)));
         ReadThrough {
             cache,
             loader,

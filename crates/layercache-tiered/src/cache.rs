@@ -10,7 +10,7 @@ use layercache_core::{
 use layercache_moka::MokaBackend;
 use layercache_redis::RedisBackend;
 use layercache_stampede::{DistributedLock, EarlyExpiry, LockOptions, WarmReport};
-use layercache_strategy::{CacheAside, DEFAULT_NEGATIVE_TTL};
+use layercache_strategy::{AbsentAsValue, CacheAside, DEFAULT_NEGATIVE_TTL};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -248,7 +248,7 @@ where
                 .time_to_live_cap(self.l1_ttl_cap)
                 .name(self.name.clone());
             if self.custom_clock {
-                builder = builder.clock(SharedClockRef(Arc::clone(&self.clock)));
+                builder = builder.clock(Arc::clone(&self.clock));
             }
             if let Some((max_bytes, weigher)) = self.l1_max_bytes {
                 builder =
@@ -265,7 +265,7 @@ where
             L2Source::Url(url) => {
                 let redis = RedisBackend::builder(url)
                     .command_timeout(self.l2_timeout)
-                    .clock(SharedClockRef(Arc::clone(&self.clock)))
+                    .clock(Arc::clone(&self.clock))
                     .connect_lazy()?;
                 (Some(redis.clone()), Some(Arc::new(redis)))
             }
@@ -283,7 +283,7 @@ where
         )?;
         let mut aside = CacheAside::builder(Arc::new(tiers.clone()) as Arc<dyn Backend<Option<V>>>)
             .options(self.options)
-            .clock(SharedClockRef(Arc::clone(&self.clock)));
+            .clock(Arc::clone(&self.clock));
         aside = match self.negative_ttl {
             Some(ttl) => aside.negative_ttl(ttl),
             None => aside.no_negative_caching(),
@@ -349,16 +349,6 @@ impl Resilience {
             guarded = guarded.eager_refresh(fraction);
         }
         guarded
-    }
-}
-
-/// A shared clock handed on as a `Clock`.
-#[derive(Debug)]
-struct SharedClockRef(SharedClock);
-
-impl Clock for SharedClockRef {
-    fn now(&self) -> layercache_core::Timestamp {
-        self.0.now()
     }
 }
 
@@ -462,7 +452,7 @@ where
     where
         L: Loader<V> + ?Sized + 'static,
     {
-        let batch = Arc::new(AbsentAware(Arc::clone(loader)));
+        let batch = Arc::new(AbsentAsValue(Arc::clone(loader)));
         let values = self.aside.guarded().get_many_or_load(keys, &batch).await?;
         Ok(values.into_iter().map(Option::flatten).collect())
     }
@@ -490,7 +480,7 @@ where
     where
         L: Loader<V> + ?Sized + 'static,
     {
-        let loader = Arc::new(AbsentAware(Arc::clone(loader)));
+        let loader = Arc::new(AbsentAsValue(Arc::clone(loader)));
         self.aside.guarded().warm(keys, &loader, concurrency).await
     }
 
@@ -577,29 +567,5 @@ where
         metrics::gauge!("layercache_l2_pending_writes", "cache" => name.clone())
             .set(s.l2_pending_writes as f64);
         metrics::gauge!("layercache_l1_entries", "cache" => name).set(s.l1_entries as f64);
-    }
-}
-
-/// The user's `Loader<V>` seen as a loader of `Option<V>` (absence is a cached value).
-struct AbsentAware<L: ?Sized>(Arc<L>);
-
-#[layercache_core::async_trait]
-impl<V, L> Loader<Option<V>> for AbsentAware<L>
-where
-    V: Send + 'static,
-    L: Loader<V> + ?Sized,
-{
-    async fn load(&self, key: &Key) -> Result<Option<Option<V>>> {
-        Ok(Some(self.0.load(key).await?))
-    }
-
-    async fn load_many(&self, keys: &[Key]) -> Result<Vec<Option<Option<V>>>> {
-        Ok(self
-            .0
-            .load_many(keys)
-            .await?
-            .into_iter()
-            .map(Some)
-            .collect())
     }
 }
