@@ -302,7 +302,7 @@ impl<C: Codec> RedisBackend<C> {
         }
     }
 
-    /// A [`RedisLockStore`] on the same connection, for the distributed lock guard.
+    /// A [`RedisLockStore`](crate::RedisLockStore) on the same connection, for the distributed lock guard.
     pub fn lock_store(&self) -> crate::RedisLockStore {
         crate::RedisLockStore::new(self.conn.clone())
     }

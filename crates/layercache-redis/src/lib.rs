@@ -27,6 +27,7 @@
 mod backend;
 mod connection;
 mod lock;
+mod stream;
 mod url;
 
 pub use backend::{
@@ -34,3 +35,7 @@ pub use backend::{
     DEFAULT_POOL_SIZE, DEFAULT_SCAN_BATCH, RedisBackend, RedisBackendBuilder, RedisStats,
 };
 pub use lock::{DEFAULT_LOCK_PREFIX, RedisLockStore};
+pub use stream::{
+    DEFAULT_JOURNAL_GROUP, DEFAULT_JOURNAL_POOL_SIZE, DEFAULT_MAX_BLOCK, RedisWriteJournal,
+    RedisWriteJournalBuilder,
+};

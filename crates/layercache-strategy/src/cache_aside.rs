@@ -320,7 +320,9 @@ impl<V: Clone + Send + Sync + 'static> CacheAside<V> {
         options.validate()?;
         let value = self
             .guarded
-            .get_or_load_lazy(key, Some(options), || Arc::new(AbsentAsValue(Arc::clone(loader))))
+            .get_or_load_lazy(key, Some(options), || {
+                Arc::new(AbsentAsValue(Arc::clone(loader)))
+            })
             .await?;
         Ok(value.flatten())
     }

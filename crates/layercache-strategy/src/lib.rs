@@ -18,3 +18,11 @@ mod write_through;
 pub use cache_aside::{AbsentAsValue, CacheAside, CacheAsideBuilder, DEFAULT_NEGATIVE_TTL};
 pub use read_through::ReadThrough;
 pub use write_through::{WriteThrough, WriteThroughStats};
+
+mod write_behind;
+pub use write_behind::{
+    DEFAULT_BATCH_SIZE, DEFAULT_CAPACITY, DEFAULT_CLAIM_IDLE, DEFAULT_CLAIM_INTERVAL,
+    DEFAULT_FULL_WAIT, DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_DELAY,
+    DEFAULT_MAX_RETRIES, DEFAULT_READ_BLOCK, DEFAULT_WRITE_TIMEOUT, DeadLetter, QueueFull,
+    WhenFull, WriteBehind, WriteBehindBuilder, WriteBehindStats,
+};

@@ -15,6 +15,8 @@
 
 pub mod conformance;
 pub mod server;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use layercache_core::ManualClock;
 pub use server::{RedisCluster, RedisServer};

@@ -1,0 +1,668 @@
+//! A [`WriteJournal`] over a Redis Stream and one consumer group: the durable queue of write-behind.
+//!
+//! - `append` is `XADD stream * k <key> o <p|d> v <payload>` on the shared multiplexed connection.
+//! - `read` is `XREADGROUP GROUP g consumer COUNT n BLOCK ms STREAMS stream >` on a connection of
+//!   a small deadpool pool of its own: a blocking read would stall every other command sent on a
+//!   shared multiplexed connection. A read that overruns its bound takes its connection out of the
+//!   pool, so a late reply never reaches the next user.
+//! - `ack` is `XACK` + `XDEL` in one `MULTI`: the stream holds exactly the writes not yet done, so
+//!   `XLEN` is the backlog and `XRANGE - id` tells whether everything up to `id` is done.
+//! - `claim_stale` is `XAUTOCLAIM`, walking the pending list from the start.
+//!
+//! The group is created with `XGROUP CREATE stream group 0 MKSTREAM` (an existing group is kept) at
+//! connect, and again if the stream disappears (`NOGROUP`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_redis::redis::AsyncConnectionConfig;
+use layercache_core::{
+    Error, JournalBacklog, JournalOp, JournalRecord, Key, Result, Timestamp, WriteJournal,
+    async_trait,
+};
+use redis::RedisError;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
+
+use crate::backend::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
+use crate::connection::{Connection, Idempotent, Request, redis_error};
+use crate::url::redact;
+
+/// The default consumer group of a [`RedisWriteJournal`].
+pub const DEFAULT_JOURNAL_GROUP: &str = "layercache-write-behind";
+/// The default number of pooled connections for blocking reads (2: one worker reads at a time;
+/// the second covers a connection being replaced).
+pub const DEFAULT_JOURNAL_POOL_SIZE: usize = 2;
+/// The default longest `BLOCK` of one read (5 s); longer requests are shortened to it.
+pub const DEFAULT_MAX_BLOCK: Duration = Duration::from_secs(5);
+/// How many `XAUTOCLAIM` pages one [`claim_stale`](WriteJournal::claim_stale) walks at most.
+const MAX_CLAIM_PAGES: usize = 16;
+
+const FIELD_KEY: &str = "k";
+const FIELD_OP: &str = "o";
+const FIELD_VALUE: &str = "v";
+
+/// Builds a [`RedisWriteJournal`]; see [`RedisWriteJournal::builder`].
+#[derive(Debug, Clone)]
+pub struct RedisWriteJournalBuilder {
+    url: String,
+    stream: String,
+    group: String,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    max_block: Duration,
+    pool_size: usize,
+}
+
+impl RedisWriteJournalBuilder {
+    /// The consumer group (default [`DEFAULT_JOURNAL_GROUP`]).
+    #[must_use]
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// The bound on each non-blocking command (default
+    /// [`DEFAULT_COMMAND_TIMEOUT`](crate::DEFAULT_COMMAND_TIMEOUT)); a blocking read is bounded
+    /// by its `BLOCK` plus this.
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// The bound on establishing a connection (default
+    /// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT)).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest `BLOCK` of one read (default [`DEFAULT_MAX_BLOCK`]).
+    #[must_use]
+    pub fn max_block(mut self, max_block: Duration) -> Self {
+        self.max_block = max_block;
+        self
+    }
+
+    /// Connections in the pool of blocking reads (default [`DEFAULT_JOURNAL_POOL_SIZE`]).
+    #[must_use]
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.command_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.max_block.is_zero()
+        {
+            return Err(Error::config(
+                "journal timeouts and max block must be greater than zero",
+            ));
+        }
+        if self.pool_size == 0 {
+            return Err(Error::config("journal pool size must be greater than zero"));
+        }
+        if self.stream.is_empty() || self.group.is_empty() {
+            return Err(Error::config("journal stream and group must not be empty"));
+        }
+        Ok(())
+    }
+
+    fn invalid_url(&self, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
+    }
+
+    /// Connects, creates the consumer group if it does not exist, and fails with an `Unavailable`
+    /// or `Timeout` error when Redis cannot be reached.
+    pub async fn connect(self) -> Result<RedisWriteJournal> {
+        self.check()?;
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| self.invalid_url(e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout));
+        let manager = tokio::time::timeout(
+            self.connect_timeout,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| Error::timeout(format!("connecting to {} timed out", redact(&self.url))))?
+        .map_err(|e| redis_error(e).context(format!("connecting to {}", redact(&self.url))))?;
+
+        // Blocking reads wait up to max_block on the server: the connection's own response
+        // timeout must let them.
+        let read_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.max_block + self.command_timeout));
+        let manager_for_pool =
+            deadpool_redis::Manager::new_with_config(self.url.as_str(), read_config)
+                .map_err(|e| self.invalid_url(e))?;
+        let pool = deadpool_redis::Pool::builder(manager_for_pool)
+            .max_size(self.pool_size)
+            .wait_timeout(Some(self.command_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::config("cannot build the journal's redis pool").with_source(e))?;
+
+        let journal = RedisWriteJournal {
+            conn: Connection::manager(manager, self.command_timeout),
+            pool,
+            stream: self.stream.into(),
+            group: self.group.into(),
+            command_timeout: self.command_timeout,
+            max_block: self.max_block,
+            redacted_url: redact(&self.url),
+            malformed: Arc::default(),
+        };
+        journal.create_group().await?;
+        Ok(journal)
+    }
+}
+
+/// A [`WriteJournal`] in a Redis Stream, read by one consumer group.
+///
+/// The stream belongs to the journal: acknowledged entries are deleted, so the stream holds exactly
+/// the writes not yet done (its `XLEN` is the backlog). Do not attach other consumer groups to it.
+/// Entries that are not the journal's (no valid `k` key or `o` op field) are logged, acknowledged
+/// and counted in [`malformed`](Self::malformed), never handed out.
+///
+/// Cloning is cheap and shares the connections.
+#[derive(Clone)]
+pub struct RedisWriteJournal {
+    conn: Connection,
+    pool: deadpool_redis::Pool,
+    stream: Arc<str>,
+    group: Arc<str>,
+    command_timeout: Duration,
+    max_block: Duration,
+    redacted_url: String,
+    malformed: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for RedisWriteJournal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisWriteJournal")
+            .field("url", &self.redacted_url)
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("command_timeout", &self.command_timeout)
+            .field("max_block", &self.max_block)
+            .finish()
+    }
+}
+
+fn is_nogroup(e: &RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+fn error_is_nogroup(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<RedisError>())
+        .is_some_and(is_nogroup)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The time part of a stream id (`<ms>-<seq>`).
+fn id_time(id: &str) -> Option<Timestamp> {
+    let ms = id.split('-').next()?.parse().ok()?;
+    Some(Timestamp::from_millis(ms))
+}
+
+impl RedisWriteJournal {
+    /// A builder for a journal in the stream `stream` of the Redis at `url`, with the defaults above.
+    pub fn builder(url: impl Into<String>, stream: impl Into<String>) -> RedisWriteJournalBuilder {
+        RedisWriteJournalBuilder {
+            url: url.into(),
+            stream: stream.into(),
+            group: DEFAULT_JOURNAL_GROUP.to_owned(),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_block: DEFAULT_MAX_BLOCK,
+            pool_size: DEFAULT_JOURNAL_POOL_SIZE,
+        }
+    }
+
+    /// Connects to the journal in `stream` at `url` with the defaults.
+    pub async fn connect(url: impl Into<String>, stream: impl Into<String>) -> Result<Self> {
+        Self::builder(url, stream).connect().await
+    }
+
+    /// The stream's key.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Entries found in the stream that were not written by a journal (and were dropped).
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// How many entries are pending: delivered to a consumer and not yet acknowledged.
+    pub async fn pending(&self) -> Result<u64> {
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&*self.stream).arg(&*self.group);
+        let reply: redis::streams::StreamPendingReply = self
+            .with_group(|| self.conn.query(Request::Cmd(&cmd), Idempotent::Yes))
+            .await?;
+        Ok(reply.count() as u64)
+    }
+
+    async fn create_group(&self) -> Result<()> {
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE")
+            .arg(&*self.stream)
+            .arg(&*self.group)
+            .arg("0")
+            .arg("MKSTREAM");
+        match self
+            .conn
+            .query::<()>(Request::Cmd(&cmd), Idempotent::Yes)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e)
+                if std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<RedisError>())
+                    .is_some_and(|r| r.code() == Some("BUSYGROUP")) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.context(format!("creating consumer group {}", self.group))),
+        }
+    }
+
+    /// Runs `f`; when the group is gone (the stream was deleted), creates it and runs `f` again.
+    async fn with_group<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        match f().await {
+            Err(e) if error_is_nogroup(&e) => {
+                tracing::warn!(stream = %self.stream, group = %self.group, "consumer group is gone; creating it again");
+                self.create_group().await?;
+                f().await
+            }
+            other => other,
+        }
+    }
+
+    /// Records from stream entries; malformed entries are acknowledged and dropped.
+    async fn records(&self, entries: Vec<StreamId>) -> Vec<JournalRecord> {
+        let mut records = Vec::with_capacity(entries.len());
+        let mut malformed = Vec::new();
+        for entry in entries {
+            let key = entry
+                .get::<String>(FIELD_KEY)
+                .and_then(|k| Key::new(k).ok());
+            let op = entry
+                .get::<String>(FIELD_OP)
+                .and_then(|o| JournalOp::parse(&o));
+            match (key, op) {
+                (Some(key), Some(op)) => {
+                    let payload = entry.get::<Vec<u8>>(FIELD_VALUE).unwrap_or_default();
+                    records.push(JournalRecord::new(entry.id, key, op, payload));
+                }
+                _ => malformed.push(entry.id),
+            }
+        }
+        if !malformed.is_empty() {
+            self.malformed
+                .fetch_add(malformed.len() as u64, Ordering::Relaxed);
+            tracing::error!(stream = %self.stream, ids = ?malformed, "dropping stream entries that are not write-journal entries");
+            if let Err(error) = self.ack(&malformed).await {
+                tracing::warn!(%error, "could not acknowledge malformed stream entries");
+            }
+        }
+        records
+    }
+
+    async fn read_once(
+        &self,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Option<StreamReadReply>, RedisError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&*self.group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count);
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg(millis(block).max(1));
+        }
+        cmd.arg("STREAMS").arg(&*self.stream).arg(">");
+        let mut conn = self.pool.get().await.map_err(|e| {
+            RedisError::from(std::io::Error::other(format!(
+                "no pooled redis connection: {e}"
+            )))
+        })?;
+        match tokio::time::timeout(block + self.command_timeout, cmd.query_async(&mut *conn)).await
+        {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
+                    // The reply may still come: never hand this connection to anyone else.
+                    drop(deadpool_redis::Connection::take(conn));
+                }
+                Err(e)
+            }
+            Err(_) => {
+                drop(deadpool_redis::Connection::take(conn));
+                Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "XREADGROUP exceeded its bound",
+                )))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl WriteJournal for RedisWriteJournal {
+    async fn append(&self, key: &Key, op: JournalOp, payload: &[u8]) -> Result<String> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&*self.stream)
+            .arg("*")
+            .arg(FIELD_KEY)
+            .arg(key.as_str())
+            .arg(FIELD_OP)
+            .arg(op.as_str())
+            .arg(FIELD_VALUE)
+            .arg(payload);
+        // Sent again after a dropped connection: a duplicate entry is a second write of the same
+        // value, which at-least-once delivery allows.
+        self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await
+    }
+
+    async fn read(
+        &self,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<JournalRecord>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let block = block.min(self.max_block);
+        let reply = match self.read_once(consumer, count, block).await {
+            Err(e) if is_nogroup(&e) => {
+                self.create_group().await?;
+                self.read_once(consumer, count, block).await
+            }
+            other => other,
+        }
+        .map_err(|e| redis_error(e).context("XREADGROUP"))?;
+        let entries = reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default();
+        Ok(self.records(entries).await)
+    }
+
+    async fn claim_stale(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<JournalRecord>> {
+        let mut claimed: Vec<StreamId> = Vec::new();
+        let mut cursor = "0-0".to_owned();
+        for _ in 0..MAX_CLAIM_PAGES {
+            if claimed.len() >= count {
+                break;
+            }
+            let mut cmd = redis::cmd("XAUTOCLAIM");
+            cmd.arg(&*self.stream)
+                .arg(&*self.group)
+                .arg(consumer)
+                .arg(millis(min_idle))
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(count - claimed.len());
+            let reply: StreamAutoClaimReply = self
+                .with_group(|| self.conn.query(Request::Cmd(&cmd), Idempotent::Yes))
+                .await?;
+            claimed.extend(reply.claimed);
+            if reply.next_stream_id == "0-0" || reply.next_stream_id.is_empty() {
+                break;
+            }
+            cursor = reply.next_stream_id;
+        }
+        Ok(self.records(claimed).await)
+    }
+
+    async fn ack(&self, ids: &[String]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XACK")
+            .arg(&*self.stream)
+            .arg(&*self.group)
+            .arg(ids);
+        pipe.cmd("XDEL").arg(&*self.stream).arg(ids).ignore();
+        let (acked,): (u64,) = self
+            .conn
+            .query(Request::Pipe(&pipe), Idempotent::Yes)
+            .await?;
+        Ok(acked)
+    }
+
+    async fn backlog(&self) -> Result<JournalBacklog> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN").arg(&*self.stream);
+        pipe.cmd("XRANGE")
+            .arg(&*self.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        pipe.cmd("XREVRANGE")
+            .arg(&*self.stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let (len, first, last): (u64, StreamRangeReply, StreamRangeReply) = self
+            .conn
+            .query(Request::Pipe(&pipe), Idempotent::Yes)
+            .await?;
+        let oldest = first.ids.first().and_then(|e| id_time(&e.id));
+        let last_id = last.ids.into_iter().next().map(|e| e.id);
+        Ok(JournalBacklog::new(len, oldest, last_id))
+    }
+
+    async fn unacked(&self, upto: &str, limit: usize) -> Result<Vec<String>> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(&*self.stream)
+            .arg("-")
+            .arg(upto)
+            .arg("COUNT")
+            .arg(limit.max(1));
+        let reply: StreamRangeReply = self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await?;
+        Ok(reply.ids.into_iter().map(|e| e.id).collect())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use layercache_testkit::RedisServer;
+
+    async fn journal(url: &str, stream: &str) -> RedisWriteJournal {
+        RedisWriteJournal::builder(url, stream)
+            .command_timeout(Duration::from_secs(2))
+            .max_block(Duration::from_millis(500))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn key(id: &str) -> Key {
+        Key::new(format!("p:{id}")).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_reads_acks_and_takes_over_stale_entries() {
+        let server = RedisServer::start();
+        let j = journal(&server.url(), "wb:basics").await;
+        // Connecting twice keeps the existing group (BUSYGROUP is not an error).
+        let other = journal(&server.url(), "wb:basics").await;
+        assert_eq!(j.backlog().await.unwrap(), JournalBacklog::default());
+
+        let a = j
+            .append(&key("a"), JournalOp::Put, b"{\"v\":1}")
+            .await
+            .unwrap();
+        let b = j.append(&key("b"), JournalOp::Delete, b"").await.unwrap();
+        let backlog = j.backlog().await.unwrap();
+        assert_eq!(backlog.entries, 2);
+        assert_eq!(backlog.last_id.as_deref(), Some(b.as_str()));
+        assert!(backlog.oldest.is_some());
+
+        let read = j.read("c1", 10, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(
+            read[0],
+            JournalRecord::new(a.clone(), key("a"), JournalOp::Put, b"{\"v\":1}".to_vec())
+        );
+        assert_eq!((read[1].op, read[1].payload.len()), (JournalOp::Delete, 0));
+        assert_eq!(j.pending().await.unwrap(), 2);
+        // Nothing new: the read blocks, then answers empty.
+        let started = std::time::Instant::now();
+        assert!(
+            other
+                .read("c2", 10, Duration::from_millis(200))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(150));
+
+        // c1 "dies"; c2 takes over its entries once they are idle long enough.
+        assert!(
+            other
+                .claim_stale("c2", Duration::from_secs(60), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let claimed = loop {
+            let claimed = other
+                .claim_stale("c2", Duration::from_millis(50), 10)
+                .await
+                .unwrap();
+            if !claimed.is_empty() || std::time::Instant::now() > deadline {
+                break claimed;
+            }
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(claimed.iter().map(|r| &r.id).collect::<Vec<_>>(), [&a, &b]);
+
+        assert_eq!(j.unacked(&a, 10).await.unwrap(), std::slice::from_ref(&a));
+        assert_eq!(other.ack(std::slice::from_ref(&a)).await.unwrap(), 1);
+        assert!(j.unacked(&a, 10).await.unwrap().is_empty());
+        assert_eq!(j.backlog().await.unwrap().entries, 1);
+        assert_eq!(other.ack(std::slice::from_ref(&b)).await.unwrap(), 1);
+        assert_eq!(j.backlog().await.unwrap().entries, 0);
+        assert_eq!(j.pending().await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_a_deleted_stream_and_drops_foreign_entries() {
+        let server = RedisServer::start();
+        let j = journal(&server.url(), "wb:foreign").await;
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg("wb:foreign")
+            .arg("*")
+            .arg("something")
+            .arg("else")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let id = j.append(&key("a"), JournalOp::Put, b"1").await.unwrap();
+        let read = j.read("c", 10, Duration::ZERO).await.unwrap();
+        assert_eq!(read.iter().map(|r| &r.id).collect::<Vec<_>>(), [&id]);
+        assert_eq!(j.malformed(), 1);
+        assert_eq!(
+            j.backlog().await.unwrap().entries,
+            1,
+            "the foreign entry is gone"
+        );
+
+        // The stream (and its group) disappear: the journal makes them again.
+        let _: u64 = redis::cmd("DEL")
+            .arg("wb:foreign")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(j.read("c", 10, Duration::ZERO).await.unwrap().is_empty());
+        let id = j.append(&key("b"), JournalOp::Put, b"2").await.unwrap();
+        assert_eq!(j.read("c", 10, Duration::ZERO).await.unwrap()[0].id, id);
+        assert!(
+            j.claim_stale("c", Duration::from_secs(60), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_fail_within_their_bound_when_redis_is_paused() {
+        let server = RedisServer::start();
+        let j = RedisWriteJournal::builder(server.url(), "wb:paused")
+            .command_timeout(Duration::from_millis(200))
+            .max_block(Duration::from_millis(100))
+            .connect()
+            .await
+            .unwrap();
+        j.append(&key("a"), JournalOp::Put, b"1").await.unwrap();
+        server.pause();
+        let started = std::time::Instant::now();
+        assert!(j.append(&key("b"), JournalOp::Put, b"2").await.is_err());
+        assert!(j.read("c", 10, Duration::from_millis(100)).await.is_err());
+        assert!(j.backlog().await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        server.resume();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let read = loop {
+            match j.read("c", 10, Duration::from_millis(50)).await {
+                Ok(read) if !read.is_empty() => break read,
+                _ => assert!(std::time::Instant::now() < deadline, "no recovery"),
+            }
+        };
+        assert_eq!(read[0].key, key("a"));
+    }
+
+    #[test]
+    fn stream_ids_carry_their_time() {
+        assert_eq!(
+            id_time("1700000000123-7"),
+            Some(Timestamp::from_millis(1_700_000_000_123))
+        );
+        assert_eq!(id_time("nope"), None);
+    }
+}
