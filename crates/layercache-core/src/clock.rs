@@ -22,16 +22,56 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
     }
 }
 
-/// The system's wall clock.
+/// The system's wall clock, read precisely (`SystemTime::now`, about 35–40 ns).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
+pub struct PreciseClock;
 
-impl Clock for SystemClock {
+impl Clock for PreciseClock {
     fn now(&self) -> Timestamp {
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
         Timestamp::from_millis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The interval at which [`SystemClock`]'s shared reading is refreshed.
+pub const SYSTEM_CLOCK_TICK: Duration = Duration::from_millis(1);
+
+/// The current wall-clock time in ms, refreshed every [`SYSTEM_CLOCK_TICK`] by one thread.
+static COARSE_NOW: AtomicU64 = AtomicU64::new(0);
+static TICKER: std::sync::Once = std::sync::Once::new();
+
+/// The system's wall clock, as the hot path reads it: an atomic load (about 1 ns) of a reading
+/// that one background thread (`layercache-clock`, started on first use) refreshes every
+/// millisecond. [`Timestamp`]s have millisecond resolution, so nothing is lost but up to one
+/// tick of lag. Use [`PreciseClock`] to read `SystemTime` on every call instead (no thread).
+///
+/// If the thread cannot be started, every call reads `SystemTime`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let coarse = COARSE_NOW.load(Ordering::Relaxed);
+        if coarse != 0 {
+            return Timestamp::from_millis(coarse);
+        }
+        TICKER.call_once(|| {
+            COARSE_NOW.store(PreciseClock.now().as_millis(), Ordering::Relaxed);
+            let spawned = std::thread::Builder::new()
+                .name("layercache-clock".into())
+                .spawn(|| {
+                    loop {
+                        std::thread::sleep(SYSTEM_CLOCK_TICK);
+                        COARSE_NOW.store(PreciseClock.now().as_millis(), Ordering::Relaxed);
+                    }
+                });
+            if spawned.is_err() {
+                COARSE_NOW.store(0, Ordering::Relaxed);
+            }
+        });
+        PreciseClock.now()
     }
 }
 
@@ -83,5 +123,25 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp::from_millis(self.millis.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_system_clock_follows_the_precise_one() {
+        let first = SystemClock.now();
+        for _ in 0..1_000 {
+            let (coarse, precise) = (SystemClock.now(), PreciseClock.now());
+            // One tick of lag, plus slack for a descheduled ticker thread on a busy machine.
+            assert!(
+                precise.saturating_since(coarse) < Duration::from_millis(250),
+                "{coarse:?} {precise:?}"
+            );
+            assert!(coarse.saturating_since(precise) <= Duration::from_millis(1));
+        }
+        assert!(SystemClock.now() >= first);
     }
 }

@@ -47,7 +47,7 @@ mod lock;
 mod source;
 
 pub use backend::Backend;
-pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use clock::{Clock, ManualClock, PreciseClock, SYSTEM_CLOCK_TICK, SharedClock, SystemClock};
 #[cfg(feature = "msgpack")]
 pub use codec::MsgPackCodec;
 pub use codec::{Codec, CodecError, JsonCodec};

@@ -1,7 +1,9 @@
-//! The in-process tier of layercache: [`MokaBackend<V>`] over [`moka::future::Cache`].
+//! The in-process tier of layercache: [`MokaBackend<V>`] over [`moka::sync::Cache`].
 //!
 //! Values are stored as they are — no encoding, no copy beyond the `Clone` a hit returns — so an
-//! L1 hit costs about a raw moka `get`. The cache is bounded by entry count (default 10,000) or by
+//! L1 hit costs about a raw moka `get`. The synchronous moka cache is used because a hit never
+//! waits: [`MokaBackend::get_entry`] answers without a future, which is what makes the two-tier
+//! cache's L1 hit cheap (docs/adr/0009-moka-sync-cache.md). The cache is bounded by entry count (default 10,000) or by
 //! bytes through a weigher, and each entry expires at its own
 //! [`stale_until`](layercache_core::EntryMeta::stale_until). moka keeps no hit or miss counts; the
 //! backend keeps its own ([`MokaStats`]).
@@ -31,8 +33,8 @@ use layercache_core::{
     Backend, Clock, Entry, Error, Key, Namespace, Result, SharedClock, SystemClock, async_trait,
 };
 use moka::Expiry;
-use moka::future::Cache;
 use moka::notification::RemovalCause;
+use moka::sync::Cache;
 
 /// The default bound on the number of entries.
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
@@ -221,7 +223,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
     }
 }
 
-/// The in-process tier: typed values in a [`moka::future::Cache`], no encoding.
+/// The in-process tier: typed values in a [`moka::sync::Cache`], no encoding.
 ///
 /// Cloning is cheap and shares the cache.
 pub struct MokaBackend<V> {
@@ -287,37 +289,59 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
     /// Runs moka's pending maintenance (evictions, expirations, counts) now. Tests use it to read
     /// exact [`stats`](Self::stats); normal use needs no call.
     pub async fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks().await;
+        self.cache.run_pending_tasks();
+    }
+
+    /// The live entry under `key`, without a future: what [`Backend::get`] answers, for callers
+    /// that hold the concrete backend (the two-tier cache's L1 hit path).
+    pub fn get_entry(&self, key: &Key) -> Option<Entry<V>> {
+        match self.cache.get(key) {
+            // moka expires by its own monotonic clock; checking an injected clock too keeps it exact.
+            Some(entry) if !(self.exact_clock && entry.meta.is_expired(self.clock.now())) => {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                Some(Entry::clone(&entry))
+            }
+            _ => {
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Stores `entry` under `key` without a future; see [`Backend::set`].
+    pub fn set_entry(&self, key: &Key, entry: Entry<V>) {
+        if entry.meta.is_expired(self.clock.now()) {
+            self.cache.invalidate(key);
+        } else {
+            self.cache.insert(key.clone(), Arc::new(entry));
+        }
     }
 }
 
 #[async_trait]
 impl<V: Clone + Send + Sync + 'static> Backend<V> for MokaBackend<V> {
     async fn get(&self, key: &Key) -> Result<Option<Entry<V>>> {
-        match self.cache.get(key).await {
-            // moka expires by its own monotonic clock; checking an injected clock too keeps it exact.
-            Some(entry) if !(self.exact_clock && entry.meta.is_expired(self.clock.now())) => {
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(Entry::clone(&entry)))
-            }
-            _ => {
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
-            }
-        }
+        Ok(self.get_entry(key))
     }
 
     async fn set(&self, key: &Key, entry: Entry<V>) -> Result<()> {
-        if entry.meta.is_expired(self.clock.now()) {
-            self.cache.invalidate(key).await;
-        } else {
-            self.cache.insert(key.clone(), Arc::new(entry)).await;
+        self.set_entry(key, entry);
+        Ok(())
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry<V>>>> {
+        Ok(keys.iter().map(|key| self.get_entry(key)).collect())
+    }
+
+    async fn set_many(&self, items: Vec<(Key, Entry<V>)>) -> Result<()> {
+        for (key, entry) in items {
+            self.set_entry(&key, entry);
         }
         Ok(())
     }
 
     async fn delete(&self, key: &Key) -> Result<bool> {
-        Ok(self.cache.remove(key).await.is_some())
+        Ok(self.cache.remove(key).is_some())
     }
 
     async fn clear(&self, namespace: &Namespace) -> Result<u64> {
@@ -329,7 +353,7 @@ impl<V: Clone + Send + Sync + 'static> Backend<V> for MokaBackend<V> {
             .collect();
         let mut removed = 0;
         for key in keys {
-            removed += u64::from(self.cache.remove(&*key).await.is_some());
+            removed += u64::from(self.cache.remove(&*key).is_some());
         }
         Ok(removed)
     }

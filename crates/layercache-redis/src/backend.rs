@@ -206,8 +206,16 @@ impl<C: Codec> RedisBackendBuilder<C> {
 
     /// Builds the backend without connecting: the connection is made on first use. A service can
     /// start while Redis is down; calls fail fast (and callers fall back) until it is up.
+    ///
+    /// Must be called within a tokio runtime (the connection task is spawned on it); outside one
+    /// it is a config error.
     pub fn connect_lazy(self) -> Result<RedisBackend<C>> {
         self.check()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "connect_lazy must be called within a tokio runtime",
+            ));
+        }
         let conn = match self.pool_size {
             Some(size) => self.pool_connection(size)?,
             None => {

@@ -548,6 +548,56 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
             .await
     }
 
+    /// The hit path, for callers that read the cache themselves (the two-tier cache reads its L1
+    /// without a future): when `entry` is fresh at the cache's clock, counts a hit, starts a
+    /// background refresh if XFetch or eager refresh says so (taking the loader from `make_loader`)
+    /// and returns the value; otherwise gives the entry back.
+    pub fn serve_fresh<L, F>(
+        &self,
+        key: &Key,
+        entry: Entry<V>,
+        options: Option<&EntryOptions>,
+        make_loader: &mut Option<F>,
+    ) -> std::result::Result<V, Entry<V>>
+    where
+        L: Loader<V> + ?Sized + 'static,
+        F: FnOnce() -> Arc<L>,
+    {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        if !entry.meta.is_fresh(now) {
+            return Err(entry);
+        }
+        bump(&inner.counters.hits);
+        let eager = inner.resilience.eager_refresh.is_some_and(|fraction| {
+            let ttl = entry
+                .meta
+                .fresh_until
+                .saturating_since(entry.meta.created_at);
+            now >= entry.meta.created_at + ttl.mul_f64(fraction)
+        });
+        let early = !eager
+            && inner
+                .early
+                .as_ref()
+                .is_some_and(|early| early.should_refresh(&entry.meta, now));
+        if (eager || early)
+            && !inner.flights.is_in_flight(key)
+            && let Some(make_loader) = make_loader.take()
+        {
+            let job = Job::new(inner, key, make_loader(), options);
+            let work = Arc::clone(inner).refresh(job, entry.clone());
+            if inner.flights.spawn_if_idle(key, work) {
+                bump(if eager {
+                    &inner.counters.eager_refreshes
+                } else {
+                    &inner.counters.early_refreshes
+                });
+            }
+        }
+        Ok(entry.value)
+    }
+
     /// [`get_or_load`](Self::get_or_load) for callers that adapt their loader: `make_loader` runs
     /// only when a load or refresh is needed, so a hit costs no allocation.
     pub async fn get_or_load_lazy<L, F>(
@@ -561,38 +611,12 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
         F: FnOnce() -> Arc<L>,
     {
         let inner = &self.inner;
+        let mut make_loader = Some(make_loader);
         let previous = match inner.backend.get(key).await {
-            Ok(Some(entry)) => {
-                let now = inner.clock.now();
-                if entry.meta.is_fresh(now) {
-                    bump(&inner.counters.hits);
-                    let eager = inner.resilience.eager_refresh.is_some_and(|fraction| {
-                        let ttl = entry
-                            .meta
-                            .fresh_until
-                            .saturating_since(entry.meta.created_at);
-                        now >= entry.meta.created_at + ttl.mul_f64(fraction)
-                    });
-                    let early = !eager
-                        && inner
-                            .early
-                            .as_ref()
-                            .is_some_and(|early| early.should_refresh(&entry.meta, now));
-                    if (eager || early) && !inner.flights.is_in_flight(key) {
-                        let job = Job::new(inner, key, make_loader(), options);
-                        let work = Arc::clone(inner).refresh(job, entry.clone());
-                        if inner.flights.spawn_if_idle(key, work) {
-                            bump(if eager {
-                                &inner.counters.eager_refreshes
-                            } else {
-                                &inner.counters.early_refreshes
-                            });
-                        }
-                    }
-                    return Ok(Some(entry.value));
-                }
-                Some(entry)
-            }
+            Ok(Some(entry)) => match self.serve_fresh(key, entry, options, &mut make_loader) {
+                Ok(value) => return Ok(Some(value)),
+                Err(stale) => Some(stale),
+            },
             Ok(None) => None,
             Err(error) => {
                 bump(&inner.counters.backend_errors);
@@ -606,6 +630,9 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
                 Some((timeout, stale.value.clone()))
             }
             _ => None,
+        };
+        let Some(make_loader) = make_loader else {
+            return Err(Error::loader("the loader was already taken"));
         };
         let job = Job::new(inner, key, make_loader(), options);
         if !inner.single_flight {

@@ -240,7 +240,9 @@ where
         self
     }
 
-    /// Builds the cache. Invalid options are a config error; nothing connects yet.
+    /// Builds the cache. Invalid options are a config error; nothing connects yet. With
+    /// [`redis_url`](Self::redis_url) it must be called within a tokio runtime (the connection
+    /// task is spawned on it); outside one it is a config error.
     pub fn build(self) -> Result<TieredCache<V>> {
         let l1: Option<MokaBackend<Option<V>>> = if self.l1 {
             let mut builder = MokaBackend::builder()
@@ -425,6 +427,24 @@ where
     where
         L: Loader<V> + ?Sized + 'static,
     {
+        // The L1 hit path, without a future or a boxed call: the concrete moka L1, then the
+        // guards' hit logic (counters, XFetch and eager refresh). Anything else takes the full path.
+        if let Some(l1) = &self.l1
+            && let Some(entry) = l1.get_entry(key)
+        {
+            let mut make_loader = Some(|| Arc::new(AbsentAsValue(Arc::clone(loader))));
+            if let Ok(value) = self
+                .aside
+                .guarded()
+                .serve_fresh(key, entry, None, &mut make_loader)
+            {
+                self.tiers
+                    .counters()
+                    .l1_hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(value);
+            }
+        }
         self.aside.get_or_load(key, loader).await
     }
 

@@ -291,6 +291,12 @@ fn invalid_options_are_config_errors() {
         .connect_lazy()
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
+    // Outside a tokio runtime a lazy connection cannot spawn its task: a typed error, no panic.
+    let err = RedisBackend::builder("redis://127.0.0.1:1/")
+        .connect_lazy()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().contains("tokio runtime"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,361 @@
+//! `tiered_get` and `bulk`: reads through the two-tier `TieredCache`, against raw moka and raw
+//! redis-rs in the same run.
+//!
+//! `tiered_get` (every value is the 1 KiB [`Payload`]):
+//! - `moka_raw`: `moka::future::Cache<String, Payload>::get` of one key (bounded by entry count).
+//! - `l1_hit`: `TieredCache::<Payload>::get_or_load` of one key present in L1 (a cache built with
+//!   `.redis_url(..)`, the key stored with `set`); the loader is never called (checked).
+//! - `redis_raw`: redis-rs GET on a `ConnectionManager` + `serde_json::from_slice` into `Payload`,
+//!   cycling over [`L2_KEYS`] keys.
+//! - `l2_hit`: `TieredCache::get_or_load` where L1 misses and L2 hits. A long-lived cache cannot be
+//!   made to miss L1 on every read (there is no L1-only invalidation, and the L1 TTL cap is far
+//!   longer than a sample), so the id reads [`L2_KEYS`] keys that are all in Redis, each once, from
+//!   a fresh `TieredCache` (empty L1) per batch of [`L2_KEYS`] reads; only the reads are timed.
+//!   Every fresh cache shares one connected `RedisBackend` (built as `.redis_url` builds it: JSON,
+//!   the L2 command timeout), as the reads of one long-lived cache would, and reads one warm-up key
+//!   before the clock starts. Each timed read is therefore an L1 miss, an L2 GET + decode, and the
+//!   L1 fill (checked per batch through the stats).
+//!
+//! `bulk` (the first [`BULK`] of those keys, a fresh, warmed-up cache — empty L1 — per iteration,
+//! only the reads timed):
+//! - `get_many_100`: one `TieredCache::get_many` (one MGET for the 100 L1 misses).
+//! - `get_sequential_100`: 100 sequential `TieredCache::get_or_load` calls.
+//! - `mget_raw_100` (no goal, the floor under `get_many_100`): one redis-rs MGET of 100 keys
+//!   holding the plain JSON of the same payloads, + `serde_json::from_slice` of each.
+//!
+//! The L2 keys are written beforehand through a separate `RedisBackend` as
+//! `Entry<Option<Payload>>` (a `TieredCache<V>` stores `Option<V>`, so cached absences are values).
+//! Redis is a real `redis-server` on loopback, started by `layercache-testkit`. See
+//! `docs/benchmarks.md`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    reason = "benchmark harness"
+)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use benches::Payload;
+use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
+use layercache_core::{
+    Backend, Clock, EntryOptions, Error, Key, KeySpace, Loader, SystemClock, loader_fn,
+};
+use layercache_redis::RedisBackend;
+use layercache_testkit::RedisServer;
+use layercache_tiered::{DEFAULT_L1_MAX_ENTRIES, DEFAULT_L2_TIMEOUT, TieredCache};
+use redis::aio::ConnectionManager;
+
+/// Long enough that nothing expires during the run.
+const TTL: Duration = Duration::from_secs(3600);
+/// Keys held in L2 (and raw keys read by `redis_raw`); `l2_hit` takes a fresh cache per batch of
+/// this many reads.
+const L2_KEYS: usize = 1_000;
+/// Keys per `bulk` read.
+const BULK: usize = 100;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A loader that must never run (every key is cached); counts its calls.
+fn never_loader(calls: &Arc<AtomicU64>) -> Arc<impl Loader<Payload> + use<>> {
+    let calls = Arc::clone(calls);
+    Arc::new(loader_fn(move |key: Key| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        async move { Err::<Option<Payload>, _>(Error::loader(format!("loader called for {key}"))) }
+    }))
+}
+
+/// A two-tier cache with an empty L1 over the shared, connected L2, built and warmed up outside
+/// the timed section: its first read (an L2 hit of the warm-up key) has run, so the timed reads
+/// find the connection as a busy cache's reads would, not idle since the previous batch.
+async fn fresh_cache(fx: &Fixture) -> TieredCache<Payload> {
+    let cache = TieredCache::builder()
+        .options(EntryOptions::new(TTL))
+        .redis(fx.l2.clone())
+        .build()
+        .expect("tiered cache");
+    let warm = cache.get(&fx.warm_key).await.expect("warm-up read");
+    assert!(warm.is_some(), "the warm-up key is in L2");
+    cache
+}
+
+struct Fixture {
+    /// Keys present in L2 (as envelopes of `Option<Payload>`), absent from every L1.
+    l2_keys: Vec<Key>,
+    /// One more key in L2, read (untimed) by every fresh cache before its timed reads.
+    warm_key: Key,
+    /// Keys holding the plain JSON of a `Payload`, for `redis_raw`.
+    raw_keys: Vec<String>,
+    /// The L2 every fresh cache shares.
+    l2: RedisBackend,
+    /// redis-rs, raw.
+    manager: ConnectionManager,
+}
+
+fn fixture(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Fixture {
+    let ns = KeySpace::new("bench")
+        .expect("key space")
+        .namespace("tiered_get")
+        .expect("namespace");
+    let l2_keys: Vec<Key> = (0..L2_KEYS)
+        .map(|i| ns.key(&format!("l2-{i}")).expect("key"))
+        .collect();
+    let warm_key = ns.key("warm").expect("key");
+    let raw_keys: Vec<String> = (0..L2_KEYS)
+        .map(|i| {
+            ns.key(&format!("raw-{i}"))
+                .expect("key")
+                .as_str()
+                .to_owned()
+        })
+        .collect();
+    rt.block_on(async {
+        // The values, written by a separate backend, exactly as a TieredCache<Payload> stores them.
+        let writer = RedisBackend::connect(server.url())
+            .await
+            .expect("redis backend");
+        let now = SystemClock.now();
+        let items = l2_keys
+            .iter()
+            .chain([&warm_key])
+            .enumerate()
+            .map(|(i, key)| {
+                let entry = EntryOptions::new(TTL)
+                    .entry(Some(Payload::new(i as u64)), now, Duration::ZERO)
+                    .expect("entry");
+                (key.clone(), entry)
+            })
+            .collect();
+        Backend::<Option<Payload>>::set_many(&writer, items)
+            .await
+            .expect("l2 set_many");
+
+        let client = redis::Client::open(server.url()).expect("redis url");
+        let mut manager = ConnectionManager::new(client)
+            .await
+            .expect("redis connection");
+        let mut pipe = redis::pipe();
+        for (i, key) in raw_keys.iter().enumerate() {
+            let json = serde_json::to_vec(&Payload::new(i as u64)).expect("payload encodes");
+            pipe.cmd("SET").arg(key).arg(json).ignore();
+        }
+        pipe.query_async::<()>(&mut manager).await.expect("raw set");
+
+        let l2 = RedisBackend::builder(server.url())
+            .command_timeout(DEFAULT_L2_TIMEOUT)
+            .connect()
+            .await
+            .expect("l2 backend");
+        Fixture {
+            l2_keys,
+            warm_key,
+            raw_keys,
+            l2,
+            manager,
+        }
+    })
+}
+
+fn tiered_get(c: &mut Criterion) {
+    let rt = runtime();
+    // Kept alive until the end of the groups; dropping it stops the server.
+    let server = RedisServer::start();
+    let fx = fixture(&rt, &server);
+    let calls = Arc::new(AtomicU64::new(0));
+    let loader = never_loader(&calls);
+
+    let payload = Payload::new(42);
+    let ns = KeySpace::new("bench")
+        .expect("key space")
+        .namespace("tiered_get")
+        .expect("namespace");
+    let moka_key = ns.key("moka_raw").expect("key").as_str().to_owned();
+    let moka_raw: moka::future::Cache<String, Payload> = moka::future::Cache::builder()
+        .max_capacity(DEFAULT_L1_MAX_ENTRIES)
+        .build();
+    let l1_key = ns.key("l1_hit").expect("key");
+    // `redis_url` connects lazily, which spawns onto the runtime: build inside it.
+    let runtime_context = rt.enter();
+    let l1_cache: TieredCache<Payload> = TieredCache::builder()
+        .options(EntryOptions::new(TTL))
+        .redis_url(server.url())
+        .build()
+        .expect("tiered cache");
+    drop(runtime_context);
+
+    rt.block_on(async {
+        moka_raw.insert(moka_key.clone(), payload.clone()).await;
+        l1_cache
+            .set(&l1_key, payload.clone())
+            .await
+            .expect("tiered set");
+        // Every id must read the same kind of value: check one read of each.
+        assert_eq!(moka_raw.get(&moka_key).await.as_ref(), Some(&payload));
+        let hit = l1_cache
+            .get_or_load(&l1_key, &loader)
+            .await
+            .expect("l1 hit");
+        assert_eq!(hit.as_ref(), Some(&payload));
+        assert_eq!(l1_cache.stats().l1_hits, 1);
+        let cache = fresh_cache(&fx).await;
+        let hit = cache
+            .get_or_load(&fx.l2_keys[3], &loader)
+            .await
+            .expect("l2 hit");
+        assert_eq!(hit, Some(Payload::new(3)));
+        let stats = cache.stats();
+        assert_eq!((stats.l1_hits, stats.l2_hits), (0, 2), "{stats:?}");
+    });
+
+    let mut group = c.benchmark_group("tiered_get");
+    group
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
+
+    group.bench_function("moka_raw", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(moka_raw.get(black_box(moka_key.as_str())).await) });
+    });
+
+    group.bench_function("l1_hit", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                l1_cache
+                    .get_or_load(black_box(&l1_key), &loader)
+                    .await
+                    .unwrap(),
+            )
+        });
+    });
+
+    let mut next_raw = 0_usize;
+    group.bench_function("redis_raw", |b| {
+        b.to_async(&rt).iter(|| {
+            // What a user of redis-rs does: a handle on the shared multiplexed connection.
+            let mut conn = fx.manager.clone();
+            let key = fx.raw_keys[next_raw % L2_KEYS].as_str();
+            next_raw += 1;
+            async move {
+                let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(black_box(key))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                let value: Option<Payload> = bytes.map(|b| serde_json::from_slice(&b).unwrap());
+                black_box(value.unwrap())
+            }
+        });
+    });
+
+    group.bench_function("l2_hit", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (fx, loader) = (&fx, &loader);
+            async move {
+                let mut elapsed = Duration::ZERO;
+                let mut done = 0_u64;
+                while done < iters {
+                    let batch = (iters - done).min(L2_KEYS as u64) as usize;
+                    let cache = fresh_cache(fx).await;
+                    let start = Instant::now();
+                    for key in &fx.l2_keys[..batch] {
+                        black_box(cache.get_or_load(key, loader).await.unwrap().unwrap());
+                    }
+                    elapsed += start.elapsed();
+                    let stats = cache.stats();
+                    assert_eq!(stats.l1_hits, 0, "{stats:?}");
+                    assert_eq!(stats.l2_hits, batch as u64 + 1, "{stats:?}");
+                    done += batch as u64;
+                }
+                elapsed
+            }
+        });
+    });
+
+    group.finish();
+
+    let mut group = c.benchmark_group("bulk");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
+    let bulk_keys = &fx.l2_keys[..BULK];
+
+    group.bench_function("get_many_100", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (fx, loader) = (&fx, &loader);
+            async move {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    let cache = fresh_cache(fx).await;
+                    let start = Instant::now();
+                    let values = black_box(cache.get_many(bulk_keys, loader).await.unwrap());
+                    elapsed += start.elapsed();
+                    assert!(values.iter().all(Option::is_some));
+                    let stats = cache.stats();
+                    assert_eq!(stats.l2_hits, BULK as u64 + 1, "{stats:?}");
+                }
+                elapsed
+            }
+        });
+    });
+
+    // Not a goal: the floor under get_many_100, raw redis-rs on the same 100 values.
+    let bulk_raw_keys = &fx.raw_keys[..BULK];
+    group.bench_function("mget_raw_100", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = fx.manager.clone();
+            async move {
+                let mut mget = redis::cmd("MGET");
+                for key in bulk_raw_keys {
+                    mget.arg(key.as_str());
+                }
+                let values: Vec<Option<Vec<u8>>> = mget.query_async(&mut conn).await.unwrap();
+                let values: Vec<Payload> = values
+                    .into_iter()
+                    .map(|b| serde_json::from_slice(&b.unwrap()).unwrap())
+                    .collect();
+                black_box(values)
+            }
+        });
+    });
+
+    group.bench_function("get_sequential_100", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (fx, loader) = (&fx, &loader);
+            async move {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    let cache = fresh_cache(fx).await;
+                    let start = Instant::now();
+                    for key in bulk_keys {
+                        black_box(cache.get_or_load(key, loader).await.unwrap().unwrap());
+                    }
+                    elapsed += start.elapsed();
+                    let stats = cache.stats();
+                    assert_eq!(stats.l2_hits, BULK as u64 + 1, "{stats:?}");
+                }
+                elapsed
+            }
+        });
+    });
+
+    group.finish();
+
+    assert_eq!(calls.load(Ordering::Relaxed), 0, "the loader ran");
+    assert_eq!(l1_cache.stats().loads, 0, "{:?}", l1_cache.stats());
+    drop(server);
+}
+
+criterion_group!(benches, tiered_get);
+criterion_main!(benches);
