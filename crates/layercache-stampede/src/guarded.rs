@@ -625,16 +625,32 @@ impl<V: Clone + Send + Sync + 'static> GuardedCache<V> {
             }
         };
         bump(&inner.counters.misses);
+        let Some(make_loader) = make_loader else {
+            return Err(Error::loader("the loader was already taken"));
+        };
+        // Boxed so that the hit path's future stays small (moving a large future costs a hit).
+        Box::pin(self.load_on_miss(key, options, make_loader(), previous)).await
+    }
+
+    /// The miss path of [`get_or_load_lazy`](Self::get_or_load_lazy): single-flight, soft timeout.
+    async fn load_on_miss<L>(
+        &self,
+        key: &Key,
+        options: Option<&EntryOptions>,
+        loader: Arc<L>,
+        previous: Option<Entry<V>>,
+    ) -> Result<Option<V>>
+    where
+        L: Loader<V> + ?Sized + 'static,
+    {
+        let inner = &self.inner;
         let soft = match (inner.resilience.soft_timeout, &previous) {
             (Some(timeout), Some(stale)) if inner.single_flight => {
                 Some((timeout, stale.value.clone()))
             }
             _ => None,
         };
-        let Some(make_loader) = make_loader else {
-            return Err(Error::loader("the loader was already taken"));
-        };
-        let job = Job::new(inner, key, make_loader(), options);
+        let job = Job::new(inner, key, loader, options);
         if !inner.single_flight {
             return Arc::clone(inner).fill(job, previous, false).await;
         }

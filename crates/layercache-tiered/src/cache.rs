@@ -445,7 +445,8 @@ where
                 return Ok(value);
             }
         }
-        self.aside.get_or_load(key, loader).await
+        // Boxed so that the hit path's future stays small.
+        Box::pin(self.aside.get_or_load(key, loader)).await
     }
 
     /// [`get_or_load`](Self::get_or_load) with entry options for this call.
