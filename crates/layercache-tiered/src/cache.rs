@@ -9,7 +9,9 @@ use layercache_core::{
 };
 use layercache_moka::MokaBackend;
 use layercache_redis::RedisBackend;
-use layercache_stampede::{DistributedLock, EarlyExpiry, LockOptions, WarmReport};
+use layercache_stampede::{
+    DistributedLock, EarlyExpiry, GuardedCacheBuilder, LockOptions, WarmReport,
+};
 use layercache_strategy::{AbsentAsValue, CacheAside, DEFAULT_NEGATIVE_TTL};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,6 +30,8 @@ pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_millis(100);
 
 type Weigher<V> = Arc<dyn Fn(&Key, &V) -> u32 + Send + Sync>;
 type Tier<V> = Arc<dyn Backend<Option<V>>>;
+type GuardSetting<V> =
+    Box<dyn FnOnce(GuardedCacheBuilder<Option<V>>) -> GuardedCacheBuilder<Option<V>> + Send>;
 
 enum L2Source<V> {
     None,
@@ -49,10 +53,8 @@ pub struct TieredCacheBuilder<V> {
     lock_store: Option<Arc<dyn LockStore>>,
     options: EntryOptions,
     negative_ttl: Option<Duration>,
-    fail_safe: Option<Duration>,
-    soft_timeout: Option<Duration>,
-    hard_timeout: Option<Duration>,
-    eager_refresh: Option<f64>,
+    /// Settings handed on to the guards' builder as they are given.
+    guards: Vec<GuardSetting<V>>,
     early: Option<EarlyExpiry>,
     breaker_threshold: u32,
     breaker_cool_down: Duration,
@@ -183,7 +185,8 @@ where
     /// (default off). Give the options a stale TTL so stale values exist.
     #[must_use]
     pub fn fail_safe(mut self, throttle: Duration) -> Self {
-        self.fail_safe = Some(throttle);
+        self.guards
+            .push(Box::new(move |guarded| guarded.fail_safe(throttle)));
         self
     }
 
@@ -191,21 +194,24 @@ where
     /// background (default off).
     #[must_use]
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
-        self.soft_timeout = Some(timeout);
+        self.guards
+            .push(Box::new(move |guarded| guarded.soft_timeout(timeout)));
         self
     }
 
     /// Hard timeout on loads: past it, the load fails with a `Timeout` error (default off).
     #[must_use]
     pub fn hard_timeout(mut self, timeout: Duration) -> Self {
-        self.hard_timeout = Some(timeout);
+        self.guards
+            .push(Box::new(move |guarded| guarded.hard_timeout(timeout)));
         self
     }
 
     /// Refresh in the background once `fraction` of the TTL has passed (default off).
     #[must_use]
     pub fn eager_refresh(mut self, fraction: f64) -> Self {
-        self.eager_refresh = Some(fraction);
+        self.guards
+            .push(Box::new(move |guarded| guarded.eager_refresh(fraction)));
         self
     }
 
@@ -305,14 +311,13 @@ where
         if let Some(early) = self.early {
             aside = aside.early_expiry(early);
         }
-        let resilience = Resilience {
-            fail_safe: self.fail_safe,
-            soft_timeout: self.soft_timeout,
-            hard_timeout: self.hard_timeout,
-            eager_refresh: self.eager_refresh,
-        };
+        let guards = self.guards;
         let aside = aside
-            .configure(move |guarded| resilience.apply(guarded))
+            .configure(move |guarded| {
+                guards
+                    .into_iter()
+                    .fold(guarded, |guarded, setting| setting(guarded))
+            })
             .build()?;
         Ok(TieredCache {
             aside,
@@ -322,35 +327,6 @@ where
             clock: self.clock,
             name: self.name.into(),
         })
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Resilience {
-    fail_safe: Option<Duration>,
-    soft_timeout: Option<Duration>,
-    hard_timeout: Option<Duration>,
-    eager_refresh: Option<f64>,
-}
-
-impl Resilience {
-    fn apply<T: Clone + Send + Sync + 'static>(
-        self,
-        mut guarded: layercache_stampede::GuardedCacheBuilder<T>,
-    ) -> layercache_stampede::GuardedCacheBuilder<T> {
-        if let Some(throttle) = self.fail_safe {
-            guarded = guarded.fail_safe(throttle);
-        }
-        if let Some(timeout) = self.soft_timeout {
-            guarded = guarded.soft_timeout(timeout);
-        }
-        if let Some(timeout) = self.hard_timeout {
-            guarded = guarded.hard_timeout(timeout);
-        }
-        if let Some(fraction) = self.eager_refresh {
-            guarded = guarded.eager_refresh(fraction);
-        }
-        guarded
     }
 }
 
@@ -408,10 +384,7 @@ where
             lock_store: None,
             options: EntryOptions::default(),
             negative_ttl: Some(DEFAULT_NEGATIVE_TTL),
-            fail_safe: None,
-            soft_timeout: None,
-            hard_timeout: None,
-            eager_refresh: None,
+            guards: Vec::new(),
             early: None,
             breaker_threshold: DEFAULT_FAILURE_THRESHOLD,
             breaker_cool_down: DEFAULT_COOL_DOWN,
