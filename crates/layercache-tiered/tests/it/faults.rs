@@ -64,7 +64,9 @@ async fn redis_stopped_for_5_s_under_load_returns_no_error_and_l2_is_used_again_
                     }
                     reads.fetch_add(1, Ordering::Relaxed);
                     i += 7;
-                    tokio::task::yield_now().await;
+                    // Pace each reader at about 1,000 reads/s, so the load does not starve the
+                    // other tests that share the machine's 2 cores.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             })
         })
@@ -98,7 +100,7 @@ async fn redis_stopped_for_5_s_under_load_returns_no_error_and_l2_is_used_again_
     println!("outage of {:?}; during: {during:?}", down.elapsed());
     println!("L2 answered again {back_after:?} after the restart; after: {after:?}");
     assert_eq!(errors.load(Ordering::Relaxed), 0, "no caller saw an error");
-    assert!(reads.load(Ordering::Relaxed) > 10_000);
+    assert!(reads.load(Ordering::Relaxed) > 10_000, "{} reads", reads.load(Ordering::Relaxed));
     assert!(
         during.l2_errors + during.l2_skipped > 0,
         "L2 was really down: {during:?}"
