@@ -100,7 +100,11 @@ async fn redis_stopped_for_5_s_under_load_returns_no_error_and_l2_is_used_again_
     println!("outage of {:?}; during: {during:?}", down.elapsed());
     println!("L2 answered again {back_after:?} after the restart; after: {after:?}");
     assert_eq!(errors.load(Ordering::Relaxed), 0, "no caller saw an error");
-    assert!(reads.load(Ordering::Relaxed) > 10_000, "{} reads", reads.load(Ordering::Relaxed));
+    assert!(
+        reads.load(Ordering::Relaxed) > 10_000,
+        "{} reads",
+        reads.load(Ordering::Relaxed)
+    );
     assert!(
         during.l2_errors + during.l2_skipped > 0,
         "L2 was really down: {during:?}"
