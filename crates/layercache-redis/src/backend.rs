@@ -61,6 +61,7 @@ pub struct RedisBackendBuilder<C = JsonCodec> {
     connect_timeout: Duration,
     max_reconnect_delay: Duration,
     pool_size: Option<usize>,
+    cluster: Option<Vec<String>>,
     scan_batch: usize,
 }
 
@@ -75,6 +76,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
             connect_timeout: self.connect_timeout,
             max_reconnect_delay: self.max_reconnect_delay,
             pool_size: self.pool_size,
+            cluster: self.cluster,
             scan_batch: self.scan_batch,
         }
     }
@@ -180,12 +182,39 @@ impl<C: Codec> RedisBackendBuilder<C> {
         }
     }
 
+    async fn cluster_connection(&self, nodes: &[String]) -> Result<Connection> {
+        let shown = || {
+            nodes
+                .iter()
+                .map(|n| redact(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.command_timeout)
+            .build()
+            .map_err(|e| {
+                Error::config(format!("invalid cluster nodes {}", shown())).with_source(e)
+            })?;
+        let cluster = tokio::time::timeout(self.connect_timeout, client.get_async_connection())
+            .await
+            .map_err(|_| {
+                Error::timeout(format!("connecting to the cluster {} timed out", shown()))
+            })?
+            .map_err(|e| {
+                redis_error(e).context(format!("connecting to the cluster {}", shown()))
+            })?;
+        Ok(Connection::cluster(cluster, self.command_timeout))
+    }
+
     /// Connects, and fails with an `Unavailable` or `Timeout` error when Redis cannot be reached.
     pub async fn connect(self) -> Result<RedisBackend<C>> {
         self.check()?;
-        let conn = match self.pool_size {
-            Some(size) => self.pool_connection(size)?,
-            None => {
+        let conn = match (&self.cluster, self.pool_size) {
+            (Some(nodes), _) => self.cluster_connection(nodes).await?,
+            (None, Some(size)) => self.pool_connection(size)?,
+            (None, None) => {
                 let client = self.client()?;
                 let connecting = ConnectionManager::new_with_config(client, self.manager_config());
                 let manager = tokio::time::timeout(self.connect_timeout, connecting)
@@ -214,6 +243,11 @@ impl<C: Codec> RedisBackendBuilder<C> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::config(
                 "connect_lazy must be called within a tokio runtime",
+            ));
+        }
+        if self.cluster.is_some() {
+            return Err(Error::config(
+                "a Redis Cluster backend is made with connect(), not connect_lazy()",
             ));
         }
         let conn = match self.pool_size {
@@ -286,8 +320,21 @@ impl RedisBackend<JsonCodec> {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_reconnect_delay: DEFAULT_MAX_RECONNECT_DELAY,
             pool_size: None,
+            cluster: None,
             scan_batch: DEFAULT_SCAN_BATCH,
         }
+    }
+
+    /// A builder for the Redis Cluster reachable through `nodes` (any subset of its nodes, as
+    /// `redis://host:port` URLs). Multi-key commands are split by slot by the client; `clear`
+    /// scans every primary. Build it with [`connect`](RedisBackendBuilder::connect).
+    pub fn cluster_builder<S: Into<String>>(
+        nodes: impl IntoIterator<Item = S>,
+    ) -> RedisBackendBuilder<JsonCodec> {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut builder = Self::builder(nodes.first().cloned().unwrap_or_default());
+        builder.cluster = Some(nodes);
+        builder
     }
 
     /// Connects to `url` with the defaults.
@@ -438,6 +485,23 @@ where
             return Ok(());
         }
         let now = self.clock.now();
+        if self.conn.is_cluster() {
+            // A pipeline must stay in one slot: send one per key, concurrently.
+            let mut tasks = tokio::task::JoinSet::new();
+            for (key, entry) in &items {
+                let mut pipe = redis::pipe();
+                self.push_set(&mut pipe, key, entry, now)?;
+                let conn = self.conn.clone();
+                tasks.spawn(async move {
+                    conn.query::<()>(Request::Pipe(&pipe), Idempotent::Yes)
+                        .await
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.map_err(|e| Error::unavailable("a redis write task failed").with_source(e))??;
+            }
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for (key, entry) in &items {
             self.push_set(&mut pipe, key, entry, now)?;
@@ -460,19 +524,41 @@ where
 
     async fn clear(&self, namespace: &Namespace) -> Result<u64> {
         let pattern = format!("{}*", escape_glob(namespace.scope()));
+        if self.conn.is_cluster() {
+            let mut removed = 0;
+            for (host, port) in self.conn.primaries().await? {
+                removed += self.clear_node(&pattern, Some((&host, port))).await?;
+            }
+            return Ok(removed);
+        }
+        self.clear_node(&pattern, None).await
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+impl<C: Codec> RedisBackend<C> {
+    /// SCAN + UNLINK of the keys matching `pattern`, on one node (`None`: the connection's).
+    async fn clear_node(&self, pattern: &str, node: Option<(&str, u16)>) -> Result<u64> {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
             let mut scan = redis::cmd("SCAN");
             scan.arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(self.scan_batch);
-            let (next, keys): (u64, Vec<Vec<u8>>) = self
-                .conn
-                .query(Request::Cmd(&scan), Idempotent::Yes)
-                .await?;
+            let (next, keys): (u64, Vec<Vec<u8>>) = match node {
+                Some((host, port)) => self.conn.query_node(host, port, &scan).await?,
+                None => {
+                    self.conn
+                        .query(Request::Cmd(&scan), Idempotent::Yes)
+                        .await?
+                }
+            };
             for chunk in keys.chunks(self.scan_batch) {
                 let mut unlink = redis::cmd("UNLINK");
                 for key in chunk {
@@ -488,9 +574,5 @@ where
             }
             cursor = next;
         }
-    }
-
-    fn name(&self) -> &'static str {
-        "redis"
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use layercache_core::{Error, Result};
 use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, ScriptInvocation};
 
 /// One command or one pipeline.
@@ -34,6 +36,7 @@ pub(crate) enum Idempotent {
 enum Inner {
     Manager(ConnectionManager),
     Pool(deadpool_redis::Pool),
+    Cluster(ClusterConnection),
 }
 
 /// Counters kept by the connection layer.
@@ -56,6 +59,7 @@ impl fmt::Debug for Connection {
         let kind = match self.inner {
             Inner::Manager(_) => "ConnectionManager",
             Inner::Pool(_) => "Pool",
+            Inner::Cluster(_) => "Cluster",
         };
         f.debug_struct("Connection")
             .field("kind", &kind)
@@ -99,6 +103,76 @@ impl Connection {
         Self::new(Inner::Pool(pool), timeout)
     }
 
+    pub(crate) fn cluster(cluster: ClusterConnection, timeout: Duration) -> Self {
+        Self::new(Inner::Cluster(cluster), timeout)
+    }
+
+    /// Whether commands go to a Redis Cluster (multi-key pipelines must then stay in one slot).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.inner, Inner::Cluster(_))
+    }
+
+    /// The addresses of the cluster's primaries, from `CLUSTER NODES`; empty when not a cluster.
+    pub(crate) async fn primaries(&self) -> Result<Vec<(String, u16)>> {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("NODES");
+        let nodes: String = self.query(Request::Cmd(&cmd), Idempotent::Yes).await?;
+        Ok(nodes
+            .lines()
+            .filter(|line| {
+                line.split(' ')
+                    .nth(2)
+                    .is_some_and(|flags| flags.split(',').any(|f| f == "master"))
+            })
+            .filter_map(|line| {
+                let address = line.split(' ').nth(1)?.split('@').next()?;
+                let (host, port) = address.rsplit_once(':')?;
+                Some((
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                    port.parse().ok()?,
+                ))
+            })
+            .collect())
+    }
+
+    /// Sends `cmd` to the cluster node at `host:port`, bounded by the command timeout.
+    pub(crate) async fn query_node<T: FromRedisValue>(
+        &self,
+        host: &str,
+        port: u16,
+        cmd: &Cmd,
+    ) -> Result<T> {
+        let Inner::Cluster(cluster) = &self.inner else {
+            return self.query(Request::Cmd(cmd), Idempotent::Yes).await;
+        };
+        let mut conn = cluster.clone();
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.to_owned(),
+            port,
+        });
+        let call = async {
+            let value = conn.route_command(cmd.clone(), routing).await?;
+            redis::from_redis_value::<T>(value).map_err(RedisError::from)
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                Err(redis_error(e))
+            }
+            Err(_) => {
+                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                Err(Error::timeout(format!(
+                    "redis command exceeded its {:?} timeout",
+                    self.timeout
+                )))
+            }
+        }
+    }
+
     fn new(inner: Inner, timeout: Duration) -> Self {
         Connection {
             inner,
@@ -112,6 +186,10 @@ impl Connection {
             Inner::Manager(manager) => {
                 // A clone of a ConnectionManager is a handle on the same multiplexed connection.
                 let mut conn = manager.clone();
+                exec(&mut conn, req).await.map_err(Attempt::Redis)
+            }
+            Inner::Cluster(cluster) => {
+                let mut conn = cluster.clone();
                 exec(&mut conn, req).await.map_err(Attempt::Redis)
             }
             Inner::Pool(pool) => {

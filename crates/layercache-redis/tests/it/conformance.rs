@@ -40,3 +40,30 @@ mod pool {
 
     layercache_testkit::backend_conformance!(setup);
 }
+
+mod cluster {
+    use std::sync::{Arc, OnceLock};
+
+    use layercache_redis::RedisBackend;
+    use layercache_testkit::conformance::Subject;
+    use layercache_testkit::{ManualClock, RedisCluster};
+
+    /// One 3-primary cluster shared by the cases (they use key spaces of their own).
+    fn shared_cluster() -> &'static RedisCluster {
+        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+        CLUSTER.get_or_init(RedisCluster::start)
+    }
+
+    async fn setup() -> Subject {
+        let clock = ManualClock::starting_now();
+        let backend = RedisBackend::cluster_builder(shared_cluster().urls())
+            .clock(clock.clone())
+            .command_timeout(std::time::Duration::from_secs(2))
+            .connect()
+            .await
+            .unwrap();
+        Subject::new(Arc::new(backend), clock)
+    }
+
+    layercache_testkit::backend_conformance!(setup);
+}
