@@ -389,7 +389,7 @@ mod tests {
         for _ in 0..1000 {
             let m = opts.meta(t0, Duration::ZERO).unwrap();
             assert!(
-                m.fresh_until > Timestamp::from_millis(90_000)
+                m.fresh_until >= Timestamp::from_millis(90_000)
                     && m.fresh_until <= Timestamp::from_millis(100_000)
             );
         }
