@@ -206,7 +206,13 @@ const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// How long a kind of data is cached: a TTL, an optional stale period after it, jitter, tags.
 ///
-/// Defaults: TTL 5 minutes, no stale period, no jitter, no tags.
+/// They also say how loads of that data behave, per call if need be (FusionCache's "entry
+/// options"): a hard timeout (default [`DEFAULT_HARD_TIMEOUT`]), a soft timeout, fail-safe,
+/// eager refresh and stale-while-revalidate. Fail-safe, soft timeouts and stale-while-revalidate
+/// serve *stale* values, so they need a stale period ([`with_stale_ttl`](Self::with_stale_ttl)):
+/// without one, [`validate`](Self::validate) refuses them.
+///
+/// Defaults: TTL 5 minutes, no stale period, no jitter, no tags, hard timeout 10 s, nothing else.
 ///
 /// ```
 /// use std::time::Duration;
@@ -225,13 +231,23 @@ const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// assert_eq!(err.kind(), ErrorKind::Config);
 /// # Ok::<(), layercache_core::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EntryOptions {
     ttl: Duration,
     stale_ttl: Duration,
     jitter: Duration,
     tags: Tags,
+    hard_timeout: Duration,
+    soft_timeout: Option<Duration>,
+    fail_safe: Option<Duration>,
+    eager_refresh: Option<f64>,
+    stale_while_revalidate: bool,
 }
+
+/// The default hard timeout of a load (10 s): a load that takes longer fails with a `Timeout`
+/// error (and fail-safe may serve a stale value), so a loader that never returns cannot block its
+/// key. `Duration::MAX` means no bound.
+pub const DEFAULT_HARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for EntryOptions {
     fn default() -> Self {
@@ -247,7 +263,85 @@ impl EntryOptions {
             stale_ttl: Duration::ZERO,
             jitter: Duration::ZERO,
             tags: Tags::empty(),
+            hard_timeout: DEFAULT_HARD_TIMEOUT,
+            soft_timeout: None,
+            fail_safe: None,
+            eager_refresh: None,
+            stale_while_revalidate: false,
         }
+    }
+
+    /// Sets the fresh TTL.
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Hard timeout: a load that takes longer fails with a `Timeout` error (then fail-safe may
+    /// serve a stale value). Default [`DEFAULT_HARD_TIMEOUT`]; `Duration::MAX` means no bound.
+    #[must_use]
+    pub fn with_hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = timeout;
+        self
+    }
+
+    /// Soft timeout: a caller holding a stale value waits this long for a load, then gets the
+    /// stale value while the load goes on and fills the cache. Needs a stale period.
+    #[must_use]
+    pub fn with_soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// Fail-safe: when a load fails or times out and a stale value exists, serve it, and keep it
+    /// as fresh for `throttle` so the source is asked again no more often than that. Needs a
+    /// stale period (the longest a value is served past its TTL).
+    #[must_use]
+    pub fn with_fail_safe(mut self, throttle: Duration) -> Self {
+        self.fail_safe = Some(throttle);
+        self
+    }
+
+    /// Eager refresh: once `fraction` (in `(0, 1)`) of a value's TTL has passed, a read starts one
+    /// background refresh and still gets the current value.
+    #[must_use]
+    pub fn with_eager_refresh(mut self, fraction: f64) -> Self {
+        self.eager_refresh = Some(fraction);
+        self
+    }
+
+    /// Stale-while-revalidate: a read that finds a stale value gets it at once while one
+    /// background refresh runs. Needs a stale period.
+    #[must_use]
+    pub fn with_stale_while_revalidate(mut self) -> Self {
+        self.stale_while_revalidate = true;
+        self
+    }
+
+    /// The hard timeout of loads (`Duration::MAX`: none).
+    pub fn hard_timeout(&self) -> Duration {
+        self.hard_timeout
+    }
+
+    /// The soft timeout of loads, if any.
+    pub fn soft_timeout(&self) -> Option<Duration> {
+        self.soft_timeout
+    }
+
+    /// The fail-safe throttle, if fail-safe is on.
+    pub fn fail_safe(&self) -> Option<Duration> {
+        self.fail_safe
+    }
+
+    /// The eager-refresh fraction, if on.
+    pub fn eager_refresh(&self) -> Option<f64> {
+        self.eager_refresh
+    }
+
+    /// Whether stale values are served while a background refresh runs.
+    pub fn stale_while_revalidate(&self) -> bool {
+        self.stale_while_revalidate
     }
 
     /// How long after the TTL the value may still be served stale (fail-safe, stale-while-revalidate).
@@ -293,8 +387,48 @@ impl EntryOptions {
     }
 
     /// Checks the options: a TTL of at least 1 ms and at most 10 years, a stale period of at most
-    /// 10 years, jitter less than the TTL.
+    /// 10 years, jitter less than the TTL, timeouts and throttles above zero, a soft timeout below
+    /// the hard one, an eager-refresh fraction in `(0, 1)`, and a stale period for whatever serves
+    /// stale values (fail-safe, soft timeout, stale-while-revalidate).
     pub fn validate(&self) -> Result<(), Error> {
+        self.validate_ttl()?;
+        let zero = |d: Option<Duration>| d.is_some_and(|d| d.is_zero());
+        if self.hard_timeout.is_zero() || zero(self.soft_timeout) || zero(self.fail_safe) {
+            return Err(Error::config(
+                "load timeouts and the fail-safe throttle must be greater than zero",
+            ));
+        }
+        if let Some(soft) = self.soft_timeout
+            && soft >= self.hard_timeout
+        {
+            return Err(Error::config(format!(
+                "the soft timeout ({soft:?}) must be shorter than the hard timeout ({:?})",
+                self.hard_timeout
+            )));
+        }
+        if let Some(fraction) = self.eager_refresh
+            && !(fraction > 0.0 && fraction < 1.0)
+        {
+            return Err(Error::config(format!(
+                "the eager refresh fraction must be in (0, 1), got {fraction}"
+            )));
+        }
+        let serves_stale = [
+            (self.fail_safe.is_some(), "fail-safe"),
+            (self.soft_timeout.is_some(), "a soft timeout"),
+            (self.stale_while_revalidate, "stale-while-revalidate"),
+        ];
+        if self.stale_ttl.is_zero()
+            && let Some((_, what)) = serves_stale.iter().find(|(on, _)| *on)
+        {
+            return Err(Error::config(format!(
+                "{what} serves stale values, so it needs a stale period: add with_stale_ttl(..)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_ttl(&self) -> Result<(), Error> {
         if self.ttl < Duration::from_millis(1) {
             return Err(Error::config(format!(
                 "ttl must be at least 1 ms, got {:?}",
@@ -330,7 +464,7 @@ impl EntryOptions {
         load_cost: Duration,
         sample: f64,
     ) -> Result<EntryMeta, Error> {
-        self.validate()?;
+        self.validate_ttl()?;
         let jitter = self.jitter.mul_f64(sample.clamp(0.0, 1.0));
         let fresh_until = now + self.ttl.saturating_sub(jitter);
         Ok(

@@ -16,6 +16,7 @@
 //! - [`Clock`]: injectable time, with [`SystemClock`] and [`ManualClock`].
 //! - [`Loader<V>`] and [`Writer<V>`]: the source of truth, for the strategies.
 //! - [`LockStore`]: where distributed locks live, so lock guards know no Redis.
+//! - [`Versions`]: the per-key version table a cache checks before every store into any tier.
 //!
 //! # Example
 //!
@@ -45,18 +46,20 @@ mod journal;
 mod key;
 mod lock;
 mod source;
+mod versions;
 
 pub use backend::Backend;
 pub use clock::{Clock, ManualClock, PreciseClock, SYSTEM_CLOCK_TICK, SharedClock, SystemClock};
 #[cfg(feature = "msgpack")]
 pub use codec::MsgPackCodec;
 pub use codec::{Codec, CodecError, JsonCodec};
-pub use entry::{Entry, EntryMeta, EntryOptions, Tags, Timestamp};
+pub use entry::{DEFAULT_HARD_TIMEOUT, Entry, EntryMeta, EntryOptions, Tags, Timestamp};
 pub use error::{Error, ErrorKind, Result};
 pub use journal::{JournalBacklog, JournalOp, JournalRecord, PayloadCodec, WriteJournal};
 pub use key::{DEFAULT_MAX_KEY_LEN, Key, KeyError, KeySpace, MAX_SEGMENT_LEN, Namespace};
 pub use lock::LockStore;
 pub use source::{Loader, LoaderFn, Writer, loader_fn};
+pub use versions::{ClearTicket, Ticket, Versions, WriteTicket};
 
 /// Re-exported so that implementors of [`Backend`], [`Loader`] and [`Writer`] use the same macro.
 pub use async_trait::async_trait;

@@ -1,11 +1,76 @@
-//! A snapshot of a tiered cache's counters.
+//! The cache's counters and their snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::circuit::CircuitState;
 
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident => $bump:ident,)*) => {
+        /// The live counters of one cache, shared by its parts.
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            $(
+                pub(crate) fn $bump(&self) {
+                    self.$name.fetch_add(1, Ordering::Relaxed);
+                }
+            )*
+        }
+    };
+}
+
+counters! {
+    hits => bump_hits,
+    misses => bump_misses,
+    coalesced => bump_coalesced,
+    stale_served => bump_stale_served,
+    l1_hits => bump_l1_hits,
+    l1_misses => bump_l1_misses,
+    l2_hits => bump_l2_hits,
+    l2_misses => bump_l2_misses,
+    l2_errors => bump_l2_errors,
+    l2_skipped => bump_l2_skipped,
+    l2_writes => bump_l2_writes,
+    l2_write_failures => bump_l2_write_failures,
+    pending_dropped => bump_pending_dropped,
+    loads => bump_loads,
+    load_errors => bump_load_errors,
+    hard_timeouts => bump_hard_timeouts,
+    soft_timeouts => bump_soft_timeouts,
+    refreshes => bump_refreshes,
+    stores_skipped => bump_stores_skipped,
+    lock_waits_served => bump_lock_waits_served,
+    lock_timeouts => bump_lock_timeouts,
+    lock_errors => bump_lock_errors,
+}
+
+impl Counters {
+    pub(crate) fn add_loads(&self, n: u64) {
+        self.loads.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// A point-in-time view of a [`TieredCache`](crate::TieredCache)'s counters.
+///
+/// Every read (`get_or_load`, each key of `get_many`) ends as exactly one of: a **hit** (a fresh
+/// value from L1 or L2), a **miss** (this caller's load ran the loader or the lock wait found
+/// another process's value), **coalesced** (it waited for a load another caller of this process
+/// had started), or **stale served** (a stale value, by fail-safe, soft timeout or
+/// stale-while-revalidate). [`hit_ratio`](Self::hit_ratio) is hits over all reads.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct TieredStats {
+    /// Reads answered by a fresh value in L1 or L2.
+    pub hits: u64,
+    /// Reads that started a load.
+    pub misses: u64,
+    /// Reads that waited for a load another caller had started.
+    pub coalesced: u64,
+    /// Reads answered by a stale value (fail-safe, soft timeout, stale-while-revalidate, lock wait).
+    pub stale_served: u64,
     /// Reads answered by L1.
     pub l1_hits: u64,
     /// Reads L1 could not answer.
@@ -18,13 +83,13 @@ pub struct TieredStats {
     pub l2_errors: u64,
     /// L2 calls skipped because the circuit was open.
     pub l2_skipped: u64,
-    /// L2 writes sent.
+    /// L2 writes that landed.
     pub l2_writes: u64,
-    /// L2 writes that failed (then queued for retry).
+    /// L2 writes that failed.
     pub l2_write_failures: u64,
-    /// L2 writes waiting to be sent or retried now.
+    /// Keys with L2 writes in flight, waiting or being retried now.
     pub l2_pending_writes: u64,
-    /// Queued L2 writes dropped because the queue was full.
+    /// L2 deletes given up because too many were waiting for retry.
     pub l2_pending_dropped: u64,
     /// Values in L2 that did not decode (read as misses).
     pub l2_decode_failures: u64,
@@ -34,14 +99,22 @@ pub struct TieredStats {
     pub circuit_opened: u64,
     /// Loader calls (single loads, batches and refreshes).
     pub loads: u64,
-    /// Loader calls that failed.
+    /// Loader calls that failed (errors, panics and hard timeouts).
     pub load_errors: u64,
-    /// Stale values served (fail-safe, soft timeout, lock timeout).
-    pub stale_served: u64,
-    /// Callers that joined a load in progress instead of loading.
-    pub coalesced: u64,
-    /// Background refreshes started (eager and XFetch).
+    /// Loads stopped by the hard timeout.
+    pub hard_timeouts: u64,
+    /// Reads that stopped waiting at the soft timeout.
+    pub soft_timeouts: u64,
+    /// Background refreshes started (eager, XFetch and stale-while-revalidate).
     pub refreshes: u64,
+    /// Loaded values not stored because a write, delete or clear of their key won.
+    pub stores_skipped: u64,
+    /// Waits for another process's load (distributed lock) that found its value.
+    pub lock_waits_served: u64,
+    /// Waits for another process's load that reached the lock's `max_wait`.
+    pub lock_timeouts: u64,
+    /// Lock store calls that failed (the load went on without the lock).
+    pub lock_errors: u64,
     /// L1 entries evicted for capacity.
     pub evictions: u64,
     /// L1 entries now.
@@ -49,6 +122,16 @@ pub struct TieredStats {
 }
 
 impl TieredStats {
+    /// Reads counted: hits, misses, coalesced and stale served.
+    pub fn reads(&self) -> u64 {
+        self.hits + self.misses + self.coalesced + self.stale_served
+    }
+
+    /// Hits over all reads (0 when nothing was read).
+    pub fn hit_ratio(&self) -> f64 {
+        ratio(self.hits, self.reads())
+    }
+
     /// L1 hits over L1 reads.
     pub fn l1_hit_ratio(&self) -> f64 {
         ratio(self.l1_hits, self.l1_hits + self.l1_misses)
@@ -57,16 +140,6 @@ impl TieredStats {
     /// L2 hits over L2 reads.
     pub fn l2_hit_ratio(&self) -> f64 {
         ratio(self.l2_hits, self.l2_hits + self.l2_misses)
-    }
-
-    /// Reads answered by either tier over all reads.
-    pub fn hit_ratio(&self) -> f64 {
-        let reads = if self.l1_hits + self.l1_misses > 0 {
-            self.l1_hits + self.l1_misses
-        } else {
-            self.l2_hits + self.l2_misses
-        };
-        ratio(self.l1_hits + self.l2_hits, reads)
     }
 }
 
