@@ -1,6 +1,7 @@
 use std::fmt::Debug;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::entry::Timestamp;
@@ -22,56 +23,212 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
     }
 }
 
-/// The system's wall clock, read precisely (`SystemTime::now`, about 35–40 ns).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PreciseClock;
-
-impl Clock for PreciseClock {
-    fn now(&self) -> Timestamp {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
-        Timestamp::from_millis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
-    }
-}
-
-/// The interval at which [`SystemClock`]'s shared reading is refreshed.
-pub const SYSTEM_CLOCK_TICK: Duration = Duration::from_millis(1);
-
-/// The current wall-clock time in ms, refreshed every [`SYSTEM_CLOCK_TICK`] by one thread.
-static COARSE_NOW: AtomicU64 = AtomicU64::new(0);
-static TICKER: std::sync::Once = std::sync::Once::new();
-
-/// The system's wall clock, as the hot path reads it: an atomic load (about 1 ns) of a reading
-/// that one background thread (`layercache-clock`, started on first use) refreshes every
-/// millisecond. [`Timestamp`]s have millisecond resolution, so nothing is lost but up to one
-/// tick of lag. Use [`PreciseClock`] to read `SystemTime` on every call instead (no thread).
+/// The system's wall clock, read precisely: every call reads `SystemTime::now()` (about 35–40 ns).
+/// No thread, no shared state.
 ///
-/// If the thread cannot be started, every call reads `SystemTime`.
+/// For a hot path that reads the clock on every operation, [`CoarseClock`] trades up to one
+/// [`COARSE_CLOCK_TICK`] of lag for an atomic load (about 1 ns), at the cost of one background
+/// thread while a handle is alive.
+///
+/// ```
+/// use layercache_core::{Clock, SystemClock};
+///
+/// let earlier = SystemClock.now();
+/// assert!(SystemClock.now() >= earlier);
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
+/// The former name of the precise clock: the very same type as [`SystemClock`] (a re-export, so
+/// both `PreciseClock` and `PreciseClock.now()` keep compiling).
+pub use SystemClock as PreciseClock;
+
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        let coarse = COARSE_NOW.load(Ordering::Relaxed);
-        if coarse != 0 {
-            return Timestamp::from_millis(coarse);
+        Timestamp::from_millis(precise_millis())
+    }
+}
+
+/// Milliseconds since the Unix epoch, read from `SystemTime` (0 before the epoch).
+fn precise_millis() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The interval at which [`CoarseClock`]'s shared reading is refreshed.
+pub const COARSE_CLOCK_TICK: Duration = Duration::from_millis(1);
+
+/// The former name of [`COARSE_CLOCK_TICK`] (same value).
+pub const SYSTEM_CLOCK_TICK: Duration = COARSE_CLOCK_TICK;
+
+/// The name of [`CoarseClock`]'s background thread.
+const TICKER_THREAD_NAME: &str = "layercache-clock";
+
+/// The current wall-clock time in ms while a ticker thread runs, refreshed every
+/// [`COARSE_CLOCK_TICK`]; 0 when no thread runs (then [`CoarseClock::now`] reads `SystemTime`).
+static COARSE_NOW: AtomicU64 = AtomicU64::new(0);
+
+/// The shared ticker's lifecycle. Every change happens under [`TICKER`]'s lock, so a handle being
+/// created and the thread deciding to stop are ordered: either the thread sees the new handle and
+/// keeps ticking, or it has already given up ticking and the new handle starts a new thread.
+#[derive(Debug)]
+struct Ticker {
+    /// Live [`CoarseClock`] handles (clones included).
+    handles: usize,
+    /// Whether a thread ticks and will go on ticking while `handles > 0`. False before the first
+    /// handle, once the thread has decided to stop, or when the thread could not be spawned.
+    ticking: bool,
+    /// The latest thread spawned; once `ticking` is false it has stopped or is just returning, and
+    /// the next start joins it first, so two ticker threads are never alive at once.
+    thread: Option<JoinHandle<()>>,
+}
+
+static TICKER: Mutex<Ticker> = Mutex::new(Ticker {
+    handles: 0,
+    ticking: false,
+    thread: None,
+});
+
+/// The ticker's state. Nothing panics while holding the lock, but a poisoned lock is still usable:
+/// the state is consistent after every statement.
+fn ticker() -> MutexGuard<'static, Ticker> {
+    TICKER.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Test-only accounting of live ticker threads, to check they never overlap.
+#[cfg(test)]
+static TICKERS_ALIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+#[cfg(test)]
+static TICKERS_OVERLAPPED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The ticker thread: refreshes [`COARSE_NOW`] every tick until no handle is left.
+fn tick() {
+    #[cfg(test)]
+    if TICKERS_ALIVE.fetch_add(1, Ordering::SeqCst) != 0 {
+        TICKERS_OVERLAPPED.store(true, Ordering::SeqCst);
+    }
+    loop {
+        std::thread::sleep(COARSE_CLOCK_TICK);
+        let mut state = ticker();
+        if state.handles == 0 {
+            state.ticking = false;
+            COARSE_NOW.store(0, Ordering::Relaxed);
+            break;
         }
-        TICKER.call_once(|| {
-            COARSE_NOW.store(PreciseClock.now().as_millis(), Ordering::Relaxed);
-            let spawned = std::thread::Builder::new()
-                .name("layercache-clock".into())
-                .spawn(|| {
-                    loop {
-                        std::thread::sleep(SYSTEM_CLOCK_TICK);
-                        COARSE_NOW.store(PreciseClock.now().as_millis(), Ordering::Relaxed);
-                    }
-                });
-            if spawned.is_err() {
-                COARSE_NOW.store(0, Ordering::Relaxed);
-            }
-        });
-        PreciseClock.now()
+        COARSE_NOW.store(precise_millis(), Ordering::Relaxed);
+    }
+    #[cfg(test)]
+    TICKERS_ALIVE.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Registers a new handle and makes sure a thread ticks (or, if none can be spawned, that
+/// [`COARSE_NOW`] is 0 so readers fall back to `SystemTime`).
+fn acquire() {
+    let mut state = ticker();
+    state.handles += 1;
+    if state.ticking {
+        return;
+    }
+    if let Some(stopped) = state.thread.take() {
+        // It has given up ticking under this lock and does nothing after releasing it: this
+        // returns at once, and no two ticker threads are ever alive together.
+        let _ = stopped.join();
+    }
+    COARSE_NOW.store(precise_millis(), Ordering::Relaxed);
+    match std::thread::Builder::new()
+        .name(TICKER_THREAD_NAME.to_owned())
+        .spawn(tick)
+    {
+        Ok(thread) => {
+            state.ticking = true;
+            state.thread = Some(thread);
+        }
+        Err(_) => COARSE_NOW.store(0, Ordering::Relaxed),
+    }
+}
+
+/// The system's wall clock, as a hot path reads it: an atomic load (about 1 ns) of a reading that
+/// one shared background thread, `layercache-clock`, refreshes every [`COARSE_CLOCK_TICK`].
+/// [`Timestamp`]s have millisecond resolution, so nothing is lost but up to one tick of lag (more
+/// if the machine is so busy that the thread is descheduled).
+///
+/// The thread lives exactly as long as the handles: [`CoarseClock::new`] starts it if it is not
+/// running, clones share it, and once the last handle is dropped it stops within a tick or so. A
+/// handle created later starts a new one. At most one such thread is alive in the process.
+/// Creating, cloning and dropping a handle take a global lock; reading it takes none.
+///
+/// If the thread cannot be spawned, [`now`](Clock::now) reads `SystemTime` on every call (as
+/// [`SystemClock`] does); the next handle created or cloned tries to spawn it again.
+///
+/// ```
+/// use std::sync::Arc;
+/// use layercache_core::{Clock, CoarseClock, SharedClock, SystemClock};
+///
+/// let clock = CoarseClock::new();
+/// assert!(CoarseClock::is_running());
+///
+/// let shared: SharedClock = Arc::new(clock.clone());
+/// // At most one tick (or a descheduled thread's lag) behind the precise clock, never ahead.
+/// assert!(shared.now() <= SystemClock.now());
+///
+/// // The thread stops a few ticks after the last handle is dropped.
+/// drop(shared);
+/// drop(clock);
+/// ```
+#[derive(Debug)]
+pub struct CoarseClock {
+    /// Handles are only made by `new` (or `clone`), which count them.
+    _counted: (),
+}
+
+impl CoarseClock {
+    /// A handle on the shared coarse clock, starting its thread if it is not running.
+    pub fn new() -> Self {
+        acquire();
+        CoarseClock { _counted: () }
+    }
+
+    /// Whether the `layercache-clock` thread is alive: true while a handle exists (unless the
+    /// thread could not be spawned), false once the thread has stopped, a few ticks after the
+    /// last handle was dropped.
+    pub fn is_running() -> bool {
+        ticker()
+            .thread
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+    }
+}
+
+impl Default for CoarseClock {
+    /// Same as [`CoarseClock::new`].
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clone for CoarseClock {
+    /// Another handle on the same shared reading (the thread lives while any handle does).
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for CoarseClock {
+    fn drop(&mut self) {
+        let mut state = ticker();
+        state.handles = state.handles.saturating_sub(1);
+    }
+}
+
+impl Clock for CoarseClock {
+    fn now(&self) -> Timestamp {
+        match COARSE_NOW.load(Ordering::Relaxed) {
+            0 => SystemClock.now(),
+            coarse => Timestamp::from_millis(coarse),
+        }
     }
 }
 
@@ -130,11 +287,33 @@ impl Clock for ManualClock {
 mod tests {
     use super::*;
 
+    /// Serializes the tests that create [`CoarseClock`] handles: they share one ticker, and the
+    /// lifecycle tests need to be the only ones holding handles.
+    static HANDLES: Mutex<()> = Mutex::new(());
+
+    fn serial() -> MutexGuard<'static, ()> {
+        HANDLES.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Polls (generously: the machine may be busy) until the ticker thread has stopped.
+    fn stops_eventually() -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while CoarseClock::is_running() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
     #[test]
-    fn the_shared_system_clock_follows_the_precise_one() {
-        let first = SystemClock.now();
+    fn the_coarse_clock_follows_the_precise_one() {
+        let _serial = serial();
+        let clock = CoarseClock::new();
+        let first = clock.now();
         for _ in 0..1_000 {
-            let (coarse, precise) = (SystemClock.now(), PreciseClock.now());
+            let (coarse, precise) = (clock.now(), SystemClock.now());
             // One tick of lag, plus slack for a descheduled ticker thread on a busy machine.
             assert!(
                 precise.saturating_since(coarse) < Duration::from_millis(250),
@@ -142,6 +321,73 @@ mod tests {
             );
             assert!(coarse.saturating_since(precise) <= Duration::from_millis(1));
         }
-        assert!(SystemClock.now() >= first);
+        assert!(clock.now() >= first);
+    }
+
+    #[test]
+    fn the_precise_clock_is_the_system_clock() {
+        let precise: PreciseClock = SystemClock;
+        let before = SystemClock.now();
+        assert!(precise.now() >= before);
+        assert_eq!(SYSTEM_CLOCK_TICK, COARSE_CLOCK_TICK);
+    }
+
+    #[test]
+    fn the_ticker_lives_while_a_handle_does() {
+        let _serial = serial();
+        let clock = CoarseClock::new();
+        assert!(CoarseClock::is_running());
+        let copy = clock.clone();
+        drop(clock);
+        // The thread never stops while a handle is alive, however long it waits.
+        std::thread::sleep(20 * COARSE_CLOCK_TICK);
+        assert!(CoarseClock::is_running());
+        assert!(copy.now().as_millis() > 0);
+
+        drop(copy);
+        assert!(stops_eventually(), "the ticker outlived its last handle");
+        assert_eq!(COARSE_NOW.load(Ordering::Relaxed), 0);
+
+        let again = CoarseClock::default();
+        assert!(CoarseClock::is_running());
+        let precise = SystemClock.now();
+        assert!(precise.saturating_since(again.now()) < Duration::from_millis(250));
+        drop(again);
+        assert!(
+            stops_eventually(),
+            "the restarted ticker outlived its last handle"
+        );
+        assert!(!TICKERS_OVERLAPPED.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn racing_handles_never_run_two_tickers_nor_none() {
+        let _serial = serial();
+        std::thread::scope(|scope| {
+            for worker in 0..4_u32 {
+                scope.spawn(move || {
+                    for round in 0..200_u32 {
+                        let clock = CoarseClock::new();
+                        assert!(CoarseClock::is_running());
+                        let copy = clock.clone();
+                        drop(clock);
+                        assert!(copy.now().as_millis() > 0);
+                        assert!(CoarseClock::is_running());
+                        drop(copy);
+                        if (round + worker) % 8 == 0 {
+                            // Give the thread a chance to see no handle and stop, so the next
+                            // `new` races with its exit.
+                            std::thread::sleep(COARSE_CLOCK_TICK);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(
+            !TICKERS_OVERLAPPED.load(Ordering::SeqCst),
+            "two ticker threads were alive at once"
+        );
+        assert!(stops_eventually(), "the ticker outlived its last handle");
+        assert_eq!(ticker().handles, 0);
     }
 }

@@ -13,7 +13,8 @@
 //! - [`Codec`] and [`envelope`]: how values become bytes for a shared tier, with a versioned header so
 //!   foreign or outdated bytes are detected rather than misread.
 //! - [`Error`]: one cheap-to-clone error with an [`ErrorKind`] and a temporary/permanent status.
-//! - [`Clock`]: injectable time, with [`SystemClock`] and [`ManualClock`].
+//! - [`Clock`]: injectable time, with [`SystemClock`] (precise, no thread), [`CoarseClock`] (an
+//!   atomic read of a reading one shared thread refreshes while handles live) and [`ManualClock`].
 //! - [`Loader<V>`] and [`Writer<V>`]: the source of truth, for the strategies.
 //! - [`LockStore`]: where distributed locks live, so lock guards know no Redis.
 //! - [`Versions`]: the per-key version table a cache checks before every store into any tier.
@@ -49,7 +50,10 @@ mod source;
 mod versions;
 
 pub use backend::Backend;
-pub use clock::{Clock, ManualClock, PreciseClock, SYSTEM_CLOCK_TICK, SharedClock, SystemClock};
+pub use clock::{
+    COARSE_CLOCK_TICK, Clock, CoarseClock, ManualClock, PreciseClock, SYSTEM_CLOCK_TICK,
+    SharedClock, SystemClock,
+};
 #[cfg(feature = "msgpack")]
 pub use codec::MsgPackCodec;
 pub use codec::{Codec, CodecError, JsonCodec};
