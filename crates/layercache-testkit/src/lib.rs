@@ -5,6 +5,8 @@
 //!   when it is missing: they fail and say how to install it.
 //! - [`conformance`]: one behaviour suite every [`Backend`](layercache_core::Backend) must pass;
 //!   the [`backend_conformance!`] macro turns it into one `#[tokio::test]` per case.
+//! - [`history`]: a linearizability-style checker for concurrent histories of reads, writes and
+//!   invalidations against a versioned source of truth.
 //! - The manual clock lives in the core crate ([`ManualClock`]) and is re-exported here.
 
 #![allow(
@@ -14,6 +16,7 @@
 )]
 
 pub mod conformance;
+pub mod history;
 pub mod server;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
