@@ -121,6 +121,38 @@ impl Error {
         self.map_inner(|inner| inner.source = Some(Arc::new(source)))
     }
 
+    /// A loader error from the caller's own error type: kind `Loader` (permanent), the caller's
+    /// error kept as the source so [`source_as`](Self::source_as) hands it back. A layercache
+    /// [`Error`] passes through unchanged.
+    pub fn from_loader(error: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+        let boxed = error.into();
+        match boxed.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(theirs) => Error {
+                inner: Arc::new(Inner {
+                    kind: ErrorKind::Loader,
+                    message: Cow::Borrowed("the loader failed"),
+                    temporary: false,
+                    source: Some(Arc::from(theirs)),
+                }),
+            },
+        }
+    }
+
+    /// The underlying cause as the caller's own error type, if it is one: the loader's error of
+    /// a failed `get_or_load`, for instance.
+    ///
+    /// ```
+    /// use layercache_core::{Error, ErrorKind};
+    ///
+    /// let err = Error::from_loader(std::io::Error::other("db down"));
+    /// assert_eq!(err.kind(), ErrorKind::Loader);
+    /// assert_eq!(err.source_as::<std::io::Error>().map(|e| e.to_string()).as_deref(), Some("db down"));
+    /// ```
+    pub fn source_as<E: StdError + 'static>(&self) -> Option<&E> {
+        self.inner.source.as_deref()?.downcast_ref::<E>()
+    }
+
     /// Marks the error temporary (worth retrying) or permanent.
     #[must_use]
     pub fn set_temporary(self, temporary: bool) -> Self {

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use layercache_core::{
-    Backend, Clock, Entry, Error, Key, Namespace, Result, SharedClock, SystemClock, async_trait,
+    Backend, Clock, CoarseClock, Entry, Error, Key, Namespace, Result, SharedClock, async_trait,
 };
 use moka::Expiry;
 use moka::notification::RemovalCause;
@@ -262,7 +262,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
         MokaBackendBuilder {
             max_entries: DEFAULT_MAX_ENTRIES,
             max_bytes: None,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(CoarseClock::new()),
             exact_clock: false,
             name: None,
             ttl_cap: None,
@@ -308,6 +308,24 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
         }
     }
 
+    /// Removes `key` without a future; `true` when it was present.
+    pub fn remove_entry(&self, key: &Key) -> bool {
+        self.cache.remove(key).is_some()
+    }
+
+    /// Removes every key of `namespace` without a future; returns how many were removed.
+    pub fn remove_namespace(&self, namespace: &Namespace) -> u64 {
+        let keys: Vec<Arc<Key>> = self
+            .cache
+            .iter()
+            .filter(|(key, _)| namespace.contains(key))
+            .map(|(key, _)| key)
+            .collect();
+        keys.iter()
+            .map(|key| u64::from(self.cache.remove(&**key).is_some()))
+            .sum()
+    }
+
     /// Stores `entry` under `key` without a future; see [`Backend::set`].
     pub fn set_entry(&self, key: &Key, entry: Entry<V>) {
         if entry.meta.is_expired(self.clock.now()) {
@@ -341,21 +359,11 @@ impl<V: Clone + Send + Sync + 'static> Backend<V> for MokaBackend<V> {
     }
 
     async fn delete(&self, key: &Key) -> Result<bool> {
-        Ok(self.cache.remove(key).is_some())
+        Ok(self.remove_entry(key))
     }
 
     async fn clear(&self, namespace: &Namespace) -> Result<u64> {
-        let keys: Vec<Arc<Key>> = self
-            .cache
-            .iter()
-            .filter(|(key, _)| namespace.contains(key))
-            .map(|(key, _)| key)
-            .collect();
-        let mut removed = 0;
-        for key in keys {
-            removed += u64::from(self.cache.remove(&*key).is_some());
-        }
-        Ok(removed)
+        Ok(self.remove_namespace(namespace))
     }
 
     fn name(&self) -> &'static str {
@@ -366,7 +374,7 @@ impl<V: Clone + Send + Sync + 'static> Backend<V> for MokaBackend<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use layercache_core::{EntryOptions, KeySpace, ManualClock, Timestamp};
+    use layercache_core::{EntryOptions, KeySpace, ManualClock, SystemClock, Timestamp};
 
     fn entry(value: &str, clock: &ManualClock, ttl_secs: u64) -> Entry<String> {
         EntryOptions::new(Duration::from_secs(ttl_secs))

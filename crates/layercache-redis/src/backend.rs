@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use layercache_core::{
     Backend, Clock, Codec, Entry, Error, JsonCodec, Key, Namespace, Result, SharedClock,
-    SystemClock, Timestamp, async_trait, envelope,
+    CoarseClock, Timestamp, async_trait, envelope,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
@@ -315,7 +315,7 @@ impl RedisBackend<JsonCodec> {
         RedisBackendBuilder {
             url: url.into(),
             codec: JsonCodec,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(CoarseClock::new()),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_reconnect_delay: DEFAULT_MAX_RECONNECT_DELAY,

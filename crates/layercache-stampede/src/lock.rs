@@ -161,7 +161,7 @@ impl DistributedLock {
     }
 
     /// Pauses between polls: doubling from `poll_initial` to `poll_max`, each with ±50% jitter.
-    pub(crate) fn backoff(&self) -> Backoff {
+    pub fn backoff(&self) -> Backoff {
         Backoff {
             next: self.options.poll_initial,
             max: self.options.poll_max,
@@ -169,13 +169,16 @@ impl DistributedLock {
     }
 }
 
-pub(crate) struct Backoff {
+/// Pauses between polls of a lock waiter; see [`DistributedLock::backoff`].
+#[derive(Debug)]
+pub struct Backoff {
     next: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    pub(crate) fn next_pause(&mut self) -> Duration {
+    /// The next pause.
+    pub fn next_pause(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         base.mul_f64(0.5 + fastrand::f64())

@@ -13,11 +13,6 @@ use tokio::sync::watch;
 /// The default bound on how long a caller waits for a flight (10 s).
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 
-/// How long a flight that succeeded is remembered after it landed. A caller that missed the cache
-/// just before the flight stored its value, and starts a flight just after it landed, is told so
-/// ([`SingleFlight::run_checked`]) and reads the cache again instead of loading.
-pub const LANDED_LINGER: Duration = Duration::from_millis(500);
-
 type Outcome<T> = Option<Result<T>>;
 
 struct Flight<T> {
@@ -25,9 +20,12 @@ struct Flight<T> {
     outcome: watch::Receiver<Outcome<T>>,
 }
 
-impl<T> Flight<T> {
-    fn landed(&self) -> bool {
-        self.outcome.borrow().is_some()
+/// A caller's place in a flight; see [`SingleFlight::join_or_start`].
+pub struct Waiter<T>(watch::Receiver<Outcome<T>>);
+
+impl<T> fmt::Debug for Waiter<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Waiter")
     }
 }
 
@@ -70,8 +68,10 @@ pub struct SingleFlightStats {
 /// - **panic-safe**: a panicking work becomes an error for every waiter (never a hang), and the key
 ///   is free again at once, so the next call starts new work.
 ///
-/// Each caller waits at most `max_wait` (default [`DEFAULT_MAX_WAIT`]) and then gets a `Timeout`
-/// error; the work itself goes on and its outcome still reaches the callers still waiting.
+/// Each caller waits at most `max_wait` (default [`DEFAULT_MAX_WAIT`]; `Duration::MAX` waits
+/// without bound) and then gets a `Timeout` error; the work itself goes on and its outcome still
+/// reaches the callers still waiting. A flight is forgotten the moment it lands, so the group
+/// holds nothing but the flights in progress.
 ///
 /// ```
 /// use layercache_core::Key;
@@ -144,28 +144,24 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         SingleFlightStats {
             led: self.shared.led.load(Ordering::Relaxed),
             coalesced: self.shared.coalesced.load(Ordering::Relaxed),
-            in_flight: self
-                .shared
-                .flights()
-                .values()
-                .filter(|f| !f.landed())
-                .count() as u64,
+            in_flight: self.shared.flights().len() as u64,
         }
     }
 
     /// Whether work for `key` is in progress.
     pub fn is_in_flight(&self, key: &Key) -> bool {
-        self.shared.flights().get(key).is_some_and(|f| !f.landed())
+        self.shared.flights().contains_key(key)
     }
 
     /// Runs one batched `work` for the keys of `keys` that have no flight yet, and joins the flights
     /// already running for the others; returns each key's outcome, in order. `work` receives the
-    /// keys it leads (in first-seen order, without duplicates) and must return one value per key.
-    /// Every led key is a flight of its own for other callers, who can join it while the batch runs.
+    /// keys it leads (in first-seen order, without duplicates) and must return one outcome per key
+    /// (a wrong count fails them all). Every led key is a flight of its own for other callers, who
+    /// can join it while the batch runs.
     pub async fn run_many<F, Fut>(&self, keys: &[Key], work: F) -> Vec<Result<T>>
     where
         F: FnOnce(Vec<Key>) -> Fut,
-        Fut: Future<Output = Result<Vec<T>>> + Send + 'static,
+        Fut: Future<Output = Vec<Result<T>>> + Send + 'static,
     {
         let mut receivers = Vec::with_capacity(keys.len());
         let mut led: Vec<Key> = Vec::new();
@@ -174,7 +170,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         {
             let mut flights = self.shared.flights();
             for key in keys {
-                if let Some(flight) = flights.get(key).filter(|f| !f.landed()) {
+                if let Some(flight) = flights.get(key) {
                     if !led_set.contains(key) {
                         self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
                     }
@@ -192,33 +188,26 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             let batch = work(led);
             tokio::spawn(async move {
                 let mut landings = landings;
-                match batch.await {
-                    Ok(values) if values.len() == landings.len() => {
-                        for (landing, value) in landings.iter_mut().zip(values) {
-                            landing.land(Ok(value));
-                        }
+                let outcomes = batch.await;
+                if outcomes.len() == landings.len() {
+                    for (landing, outcome) in landings.iter_mut().zip(outcomes) {
+                        landing.land(outcome);
                     }
-                    Ok(values) => {
-                        let error = Error::loader(format!(
-                            "a batch load of {} keys returned {} values",
-                            landings.len(),
-                            values.len()
-                        ));
-                        for landing in &mut landings {
-                            landing.land(Err(error.clone()));
-                        }
-                    }
-                    Err(error) => {
-                        for landing in &mut landings {
-                            landing.land(Err(error.clone()));
-                        }
+                } else {
+                    let error = Error::loader(format!(
+                        "a batch load of {} keys returned {} outcomes",
+                        landings.len(),
+                        outcomes.len()
+                    ));
+                    for landing in &mut landings {
+                        landing.land(Err(error.clone()));
                     }
                 }
             });
         }
         let mut out = Vec::with_capacity(keys.len());
         for (key, receiver) in keys.iter().zip(receivers) {
-            out.push(self.wait(key, receiver).await);
+            out.push(self.wait(key, Waiter(receiver)).await);
         }
         out
     }
@@ -235,50 +224,49 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     where
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        self.run_checked(key, |_| work).await
+        self.run_lazy(key, || work).await.1
     }
 
-    /// Like [`run`](Self::run), but `make_work` learns whether a flight of `key` succeeded moments
-    /// ago (within [`LANDED_LINGER`]). A caller that missed the cache just before that flight
-    /// stored its value should then read the cache again instead of loading: the value is there.
-    pub async fn run_checked<F, M>(&self, key: &Key, make_work: M) -> Result<T>
+    /// Like [`run`](Self::run), but the work is made only when this caller leads (so a joining
+    /// caller allocates nothing), and the answer says whether it led (`true`) or joined.
+    pub async fn run_lazy<F, M>(&self, key: &Key, make_work: M) -> (bool, Result<T>)
     where
-        M: FnOnce(bool) -> F,
+        M: FnOnce() -> F,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let outcome = self.join_or_start(key, make_work);
-        self.wait(key, outcome).await
+        let (led, outcome) = self.join_or_start(key, make_work);
+        (led, self.wait(key, outcome).await)
     }
 
-    /// Starts `work` for `key` in the background unless a flight for it is already running;
-    /// `true` when it started. For background refreshes: one per key at a time.
-    pub fn spawn_if_idle<F>(&self, key: &Key, work: F) -> bool
+    /// Joins the flight of `key` or starts `make_work()` as a new one; `true` when it started one.
+    /// Wait for the outcome with [`wait`](Self::wait). For callers that bound their own wait
+    /// (a soft timeout).
+    pub fn join_or_start<F, M>(&self, key: &Key, make_work: M) -> (bool, Waiter<T>)
     where
+        M: FnOnce() -> F,
         F: Future<Output = Result<T>> + Send + 'static,
     {
         let mut flights = self.shared.flights();
-        if flights.get(key).is_some_and(|f| !f.landed()) {
+        if let Some(flight) = flights.get(key) {
+            self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
+            return (false, Waiter(flight.outcome.clone()));
+        }
+        (true, Waiter(self.start(&mut flights, key, make_work())))
+    }
+
+    /// Starts `make_work()` for `key` in the background unless a flight for it is already
+    /// running; `true` when it started. For background refreshes: one per key at a time.
+    pub fn spawn_if_idle<F, M>(&self, key: &Key, make_work: M) -> bool
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let mut flights = self.shared.flights();
+        if flights.contains_key(key) {
             return false;
         }
-        self.start(&mut flights, key, work);
+        self.start(&mut flights, key, make_work());
         true
-    }
-
-    fn join_or_start<F, M>(&self, key: &Key, make_work: M) -> watch::Receiver<Outcome<T>>
-    where
-        M: FnOnce(bool) -> F,
-        F: Future<Output = Result<T>> + Send + 'static,
-    {
-        let mut flights = self.shared.flights();
-        let recently_landed = match flights.get(key) {
-            Some(flight) if !flight.landed() => {
-                self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
-                return flight.outcome.clone();
-            }
-            Some(_) => true,
-            None => false,
-        };
-        self.start(&mut flights, key, make_work(recently_landed))
     }
 
     fn start<F>(
@@ -324,8 +312,17 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         (landing, outcome)
     }
 
-    async fn wait(&self, key: &Key, mut outcome: watch::Receiver<Outcome<T>>) -> Result<T> {
-        let waited = tokio::time::timeout(self.max_wait, outcome.wait_for(Option::is_some)).await;
+    /// Waits for the outcome of a flight joined or started with
+    /// [`join_or_start`](Self::join_or_start), at most the group's `max_wait`.
+    pub async fn wait(&self, key: &Key, waiter: Waiter<T>) -> Result<T> {
+        let mut outcome = waiter.0;
+        let landing = outcome.wait_for(Option::is_some);
+        let waited = match tokio::time::Instant::now().checked_add(self.max_wait) {
+            Some(deadline) if self.max_wait != Duration::MAX => {
+                tokio::time::timeout_at(deadline, landing).await
+            }
+            _ => Ok(landing.await),
+        };
         match waited {
             Ok(Ok(landed)) => match &*landed {
                 Some(result) => result.clone(),
@@ -356,31 +353,16 @@ impl<T: Send + Sync + 'static> Landing<T> {
         let Some(sender) = self.sender.take() else {
             return;
         };
-        // A failed flight is forgotten at once; a successful one is remembered for LANDED_LINGER
-        // (new callers start a new flight, told that one just landed).
-        let linger = result
-            .is_ok()
-            .then(tokio::runtime::Handle::try_current)
-            .and_then(Result::ok);
-        {
-            let mut flights = self.shared.flights();
-            if linger.is_none() && flights.get(&self.key).is_some_and(|f| f.id == self.id) {
-                flights.remove(&self.key);
-            }
-            // Sent under the map's lock, so no caller sees this flight landed but unsent.
-            // Nobody waiting is fine: the work's side effects (filling the cache) are what matter.
-            let _ = sender.send(Some(result));
+        // The flight is forgotten as it lands: the map holds only flights in progress, so a
+        // landed value is never kept alive here. A caller that missed the cache just before the
+        // value was stored starts a new flight, whose work reads the cache first.
+        let mut flights = self.shared.flights();
+        if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
+            flights.remove(&self.key);
         }
-        if let Some(runtime) = linger {
-            let (shared, key, id) = (Arc::clone(&self.shared), self.key.clone(), self.id);
-            runtime.spawn(async move {
-                tokio::time::sleep(LANDED_LINGER).await;
-                let mut flights = shared.flights();
-                if flights.get(&key).is_some_and(|f| f.id == id) {
-                    flights.remove(&key);
-                }
-            });
-        }
+        // Sent under the map's lock, so no caller joins this flight after its outcome was sent.
+        // Nobody waiting is fine: the work's side effects (filling the cache) are what matter.
+        let _ = sender.send(Some(result));
     }
 }
 

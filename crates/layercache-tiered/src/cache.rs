@@ -1,358 +1,68 @@
-//! `TieredCache`: the main entry point.
+//! `TieredCache`: the one cache type, and its public API.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use layercache_core::{
-    Backend, Clock, EntryOptions, Error, Key, Loader, LockStore, Result, SharedClock, SystemClock,
-};
-use layercache_moka::MokaBackend;
-use layercache_redis::RedisBackend;
-use layercache_stampede::{
-    DistributedLock, EarlyExpiry, GuardedCacheBuilder, LockOptions, WarmReport,
-};
-use layercache_strategy::{AbsentAsValue, CacheAside, DEFAULT_NEGATIVE_TTL};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use layercache_core::{EntryOptions, Error, Key, Loader, Namespace, Result, Ticket};
 
-use crate::backend::{DEFAULT_PENDING_WRITES, DEFAULT_RETRY_INTERVAL, TieredBackend};
-use crate::circuit::{CircuitBreaker, CircuitState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
+use crate::builder::TieredCacheBuilder;
+use crate::bulk::{DEFAULT_WARM_BATCH, DEFAULT_WARM_CONCURRENCY, WarmOutcome, WarmReport};
+use crate::circuit::CircuitState;
+use crate::loaded::{Loaded, from_closure, from_loader};
+use crate::pipeline::Runtime;
 use crate::stats::TieredStats;
 
-/// The default bound on L1 entries.
-pub const DEFAULT_L1_MAX_ENTRIES: u64 = 10_000;
-/// The default cap on how long L1 keeps an entry (60 s): changes made through other processes
-/// show in this process within it.
-pub const DEFAULT_L1_TTL_CAP: Duration = Duration::from_secs(60);
-/// The default timeout of each L2 command (100 ms).
-pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_millis(100);
+/// The default bound on how long [`TieredCache::shutdown`] waits for pending L2 writes (10 s).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Weigher<V> = Arc<dyn Fn(&Key, &V) -> u32 + Send + Sync>;
-type Tier<V> = Arc<dyn Backend<Option<V>>>;
-type GuardSetting<V> =
-    Box<dyn FnOnce(GuardedCacheBuilder<Option<V>>) -> GuardedCacheBuilder<Option<V>> + Send>;
-
-enum L2Source<V> {
+/// Where the L2's own counters come from.
+pub(crate) enum L2Stats {
     None,
-    Url(String),
-    Redis(RedisBackend),
-    Custom(Arc<dyn Backend<Option<V>>>),
+    #[cfg(feature = "redis")]
+    Redis(layercache_redis::RedisBackend),
 }
 
-/// Builds a [`TieredCache`]; see [`TieredCache::builder`]. Every bound has a default (the
-/// `DEFAULT_*` constants of this crate and of the crates it composes).
-pub struct TieredCacheBuilder<V> {
-    l1: bool,
-    l1_max_entries: u64,
-    l1_max_bytes: Option<(u64, Weigher<V>)>,
-    l1_ttl_cap: Duration,
-    l2: L2Source<V>,
-    l2_timeout: Duration,
-    lock: Option<LockOptions>,
-    lock_store: Option<Arc<dyn LockStore>>,
-    options: EntryOptions,
-    negative_ttl: Option<Duration>,
-    /// Settings handed on to the guards' builder as they are given.
-    guards: Vec<GuardSetting<V>>,
-    early: Option<EarlyExpiry>,
-    breaker_threshold: u32,
-    breaker_cool_down: Duration,
-    pending_writes: usize,
-    clock: SharedClock,
-    custom_clock: bool,
-    name: String,
-}
-
-impl<V> fmt::Debug for TieredCacheBuilder<V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TieredCacheBuilder")
-            .field("name", &self.name)
-            .field("l1", &self.l1)
-            .field("options", &self.options)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<V> TieredCacheBuilder<V>
-where
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    /// A name for logs and metric labels (default `"default"`).
-    #[must_use]
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Bounds L1 to `max` entries (default [`DEFAULT_L1_MAX_ENTRIES`]).
-    #[must_use]
-    pub fn l1_max_entries(mut self, max: u64) -> Self {
-        self.l1_max_entries = max;
-        self
-    }
-
-    /// Bounds L1 to `max_bytes`, weighing each value with `weigher`.
-    #[must_use]
-    pub fn l1_max_bytes(
-        mut self,
-        max_bytes: u64,
-        weigher: impl Fn(&Key, &V) -> u32 + Send + Sync + 'static,
-    ) -> Self {
-        self.l1_max_bytes = Some((max_bytes, Arc::new(weigher)));
-        self
-    }
-
-    /// Caps how long L1 keeps an entry (default [`DEFAULT_L1_TTL_CAP`]).
-    #[must_use]
-    pub fn l1_ttl_cap(mut self, cap: Duration) -> Self {
-        self.l1_ttl_cap = cap;
-        self
-    }
-
-    /// No L1: every read goes to L2 (which must then be set).
-    #[must_use]
-    pub fn without_l1(mut self) -> Self {
-        self.l1 = false;
-        self
-    }
-
-    /// Uses the Redis at `url` as L2 (connected lazily: the cache starts while Redis is down).
-    #[must_use]
-    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
-        self.l2 = L2Source::Url(url.into());
-        self
-    }
-
-    /// Uses `redis` as L2 (its own timeouts apply).
-    #[must_use]
-    pub fn redis(mut self, redis: RedisBackend) -> Self {
-        self.l2 = L2Source::Redis(redis);
-        self
-    }
-
-    /// Uses any backend as L2 (give a lock store too for the distributed lock).
-    #[must_use]
-    pub fn l2_backend(mut self, backend: Arc<dyn Backend<Option<V>>>) -> Self {
-        self.l2 = L2Source::Custom(backend);
-        self
-    }
-
-    /// The timeout of each L2 command when L2 comes from [`redis_url`](Self::redis_url) (default
-    /// [`DEFAULT_L2_TIMEOUT`]).
-    #[must_use]
-    pub fn l2_timeout(mut self, timeout: Duration) -> Self {
-        self.l2_timeout = timeout;
-        self
-    }
-
-    /// Coalesce loads across processes with a distributed lock in Redis (default off).
-    #[must_use]
-    pub fn distributed_lock(mut self, options: LockOptions) -> Self {
-        self.lock = Some(options);
-        self
-    }
-
-    /// The lock store for [`distributed_lock`](Self::distributed_lock) when L2 is not Redis.
-    #[must_use]
-    pub fn lock_store(mut self, store: Arc<dyn LockStore>) -> Self {
-        self.lock_store = Some(store);
-        self
-    }
-
-    /// The TTL policy of cached values (default [`EntryOptions::default`]: 5 minutes).
-    #[must_use]
-    pub fn options(mut self, options: EntryOptions) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// The TTL of cached absences (default [`DEFAULT_NEGATIVE_TTL`]).
-    #[must_use]
-    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
-        self.negative_ttl = Some(ttl);
-        self
-    }
-
-    /// Do not cache absences.
-    #[must_use]
-    pub fn no_negative_caching(mut self) -> Self {
-        self.negative_ttl = None;
-        self
-    }
-
-    /// Fail-safe: serve a stale value when the loader fails, retrying it at most every `throttle`
-    /// (default off). Give the options a stale TTL so stale values exist.
-    #[must_use]
-    pub fn fail_safe(mut self, throttle: Duration) -> Self {
-        self.guards
-            .push(Box::new(move |guarded| guarded.fail_safe(throttle)));
-        self
-    }
-
-    /// Soft timeout on loads: past it, a stale value is served and the load finishes in the
-    /// background (default off).
-    #[must_use]
-    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
-        self.guards
-            .push(Box::new(move |guarded| guarded.soft_timeout(timeout)));
-        self
-    }
-
-    /// Hard timeout on loads: past it, the load fails with a `Timeout` error (default off).
-    #[must_use]
-    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
-        self.guards
-            .push(Box::new(move |guarded| guarded.hard_timeout(timeout)));
-        self
-    }
-
-    /// Refresh in the background once `fraction` of the TTL has passed (default off).
-    #[must_use]
-    pub fn eager_refresh(mut self, fraction: f64) -> Self {
-        self.guards
-            .push(Box::new(move |guarded| guarded.eager_refresh(fraction)));
-        self
-    }
-
-    /// XFetch probabilistic early refresh (default off).
-    #[must_use]
-    pub fn early_expiry(mut self, early: EarlyExpiry) -> Self {
-        self.early = Some(early);
-        self
-    }
-
-    /// The L2 circuit breaker: open after `failures` consecutive failures, probe after `cool_down`
-    /// (defaults [`DEFAULT_FAILURE_THRESHOLD`], [`DEFAULT_COOL_DOWN`]).
-    #[must_use]
-    pub fn circuit_breaker(mut self, failures: u32, cool_down: Duration) -> Self {
-        self.breaker_threshold = failures;
-        self.breaker_cool_down = cool_down;
-        self
-    }
-
-    /// The bound on L2 writes queued for sending or retry (default [`DEFAULT_PENDING_WRITES`]).
-    #[must_use]
-    pub fn pending_l2_writes(mut self, max: usize) -> Self {
-        self.pending_writes = max;
-        self
-    }
-
-    /// The clock (default the system clock).
-    #[must_use]
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self.custom_clock = true;
-        self
-    }
-
-    /// Builds the cache. Invalid options are a config error; nothing connects yet. With
-    /// [`redis_url`](Self::redis_url) it must be called within a tokio runtime (the connection
-    /// task is spawned on it); outside one it is a config error.
-    pub fn build(self) -> Result<TieredCache<V>> {
-        let l1: Option<MokaBackend<Option<V>>> = if self.l1 {
-            let mut builder = MokaBackend::builder()
-                .max_entries(self.l1_max_entries)
-                .time_to_live_cap(self.l1_ttl_cap)
-                .name(self.name.clone());
-            if self.custom_clock {
-                builder = builder.clock(Arc::clone(&self.clock));
-            }
-            if let Some((max_bytes, weigher)) = self.l1_max_bytes {
-                builder =
-                    builder.max_bytes(max_bytes, move |key: &Key, value: &Option<V>| match value {
-                        Some(value) => weigher(key, value),
-                        None => 1,
-                    });
-            }
-            Some(builder.build()?)
-        } else {
-            None
-        };
-        let (redis, l2): (Option<RedisBackend>, Option<Tier<V>>) = match self.l2 {
-            L2Source::Url(url) => {
-                let redis = RedisBackend::builder(url)
-                    .command_timeout(self.l2_timeout)
-                    .clock(Arc::clone(&self.clock))
-                    .connect_lazy()?;
-                (Some(redis.clone()), Some(Arc::new(redis)))
-            }
-            L2Source::Redis(redis) => (Some(redis.clone()), Some(Arc::new(redis))),
-            L2Source::Custom(backend) => (None, Some(backend)),
-            L2Source::None => (None, None),
-        };
-        let tiers = TieredBackend::new(
-            l1.clone()
-                .map(|l1| Arc::new(l1) as Arc<dyn Backend<Option<V>>>),
-            l2,
-            CircuitBreaker::new(self.breaker_threshold, self.breaker_cool_down),
-            self.pending_writes,
-            DEFAULT_RETRY_INTERVAL,
-        )?;
-        let mut aside = CacheAside::builder(Arc::new(tiers.clone()) as Arc<dyn Backend<Option<V>>>)
-            .options(self.options)
-            .clock(Arc::clone(&self.clock));
-        aside = match self.negative_ttl {
-            Some(ttl) => aside.negative_ttl(ttl),
-            None => aside.no_negative_caching(),
-        };
-        if let Some(lock_options) = self.lock {
-            let store: Arc<dyn LockStore> = match (self.lock_store, &redis) {
-                (Some(store), _) => store,
-                (None, Some(redis)) => Arc::new(redis.lock_store()),
-                (None, None) => {
-                    return Err(Error::config(
-                        "a distributed lock needs Redis as L2 or a lock store",
-                    ));
-                }
-            };
-            aside = aside.lock(DistributedLock::from_arc(store, lock_options)?);
-        }
-        if let Some(early) = self.early {
-            aside = aside.early_expiry(early);
-        }
-        let guards = self.guards;
-        let aside = aside
-            .configure(move |guarded| {
-                guards
-                    .into_iter()
-                    .fold(guarded, |guarded, setting| setting(guarded))
-            })
-            .build()?;
-        Ok(TieredCache {
-            aside,
-            tiers,
-            l1,
-            redis,
-            clock: self.clock,
-            name: self.name.into(),
-        })
-    }
-}
-
-/// A two-tier cache: L1 (moka, in process) over L2 (Redis, shared), with stampede guards,
-/// negative caching, fail-safe, timeouts, background refresh, bulk reads and warm-up.
+/// A two-tier cache: L1 (moka, in process) over L2 (Redis or any [`Backend`](layercache_core::Backend),
+/// shared), with stampede guards, negative caching, fail-safe, timeouts, background refresh, bulk
+/// reads, warm-up and metrics — and one owner of each key's state.
 ///
-/// Build it with [`TieredCache::builder`]; L1 alone, L2 alone, or both. Cloning is cheap and shares
+/// Build it with [`TieredCache::builder`]: L1 alone, L2 alone, or both. Cloning is cheap and shares
 /// the cache.
+///
+/// # Reads
+///
+/// [`get_or_load`](Self::get_or_load) takes the key and a closure that loads it from the source
+/// (`Ok(None)`: the source has no such row, cached briefly as an absence). The layers a read goes
+/// through, in order, are documented in the crate docs; what a caller sees:
+/// - a fresh value is served from L1 (no future, no encoding) or L2;
+/// - concurrent misses of a key share one load (and one process loads for all, with the
+///   distributed lock); a caller that joined gets the same value or error;
+/// - a load is bounded by the hard timeout (default 10 s); fail-safe, soft timeouts and
+///   stale-while-revalidate serve a stale value instead of waiting or failing;
+/// - a loader error comes back as a `Loader` [`Error`] whose [`source_as`](Error::source_as)
+///   gives the loader's own error.
+///
+/// # Writes and invalidation
+///
+/// Every write ([`set`](Self::set), [`delete`](Self::delete), [`delete_many`](Self::delete_many),
+/// [`clear`](Self::clear)) returns once L2 has it, or returns the L2 error (a failed delete is then
+/// retried in the background until it lands). **Invalidation wins**: once a write returns, no load
+/// of this process that started before it stores an older value in any tier. L2 writes are ordered
+/// per key and sent concurrently across keys.
 pub struct TieredCache<V> {
-    aside: CacheAside<V>,
-    tiers: TieredBackend<Option<V>>,
-    l1: Option<MokaBackend<Option<V>>>,
-    redis: Option<RedisBackend>,
-    clock: SharedClock,
+    runtime: Arc<Runtime<V>>,
     name: Arc<str>,
+    l2_stats: Arc<L2Stats>,
 }
 
 impl<V> Clone for TieredCache<V> {
     fn clone(&self) -> Self {
         TieredCache {
-            aside: self.aside.clone(),
-            tiers: self.tiers.clone(),
-            l1: self.l1.clone(),
-            redis: self.redis.clone(),
-            clock: Arc::clone(&self.clock),
+            runtime: Arc::clone(&self.runtime),
             name: Arc::clone(&self.name),
+            l2_stats: Arc::clone(&self.l2_stats),
         }
     }
 }
@@ -361,131 +71,317 @@ impl<V> fmt::Debug for TieredCache<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TieredCache")
             .field("name", &self.name)
-            .field("tiers", &self.tiers)
+            .field("tiers", &self.runtime.tiers)
             .finish()
     }
 }
 
-impl<V> TieredCache<V>
-where
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    /// A builder: L1 on (10,000 entries, 60 s cap), no L2, 5-minute TTL, negative caching 10 s,
-    /// single-flight on; everything else off.
+/// A write-through's claim on a key, taken before the source write; see
+/// [`TieredCache::begin_write`].
+#[derive(Debug)]
+pub struct WriteIntent(Ticket);
+
+impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
+    /// A builder: L1 on (10,000 entries, 60 s cap), no L2, 5-minute TTL, hard timeout 10 s,
+    /// absences cached 10 s, single-flight on; everything else off.
     pub fn builder() -> TieredCacheBuilder<V> {
-        TieredCacheBuilder {
-            l1: true,
-            l1_max_entries: DEFAULT_L1_MAX_ENTRIES,
-            l1_max_bytes: None,
-            l1_ttl_cap: DEFAULT_L1_TTL_CAP,
-            l2: L2Source::None,
-            l2_timeout: DEFAULT_L2_TIMEOUT,
-            lock: None,
-            lock_store: None,
-            options: EntryOptions::default(),
-            negative_ttl: Some(DEFAULT_NEGATIVE_TTL),
-            guards: Vec::new(),
-            early: None,
-            breaker_threshold: DEFAULT_FAILURE_THRESHOLD,
-            breaker_cool_down: DEFAULT_COOL_DOWN,
-            pending_writes: DEFAULT_PENDING_WRITES,
-            clock: Arc::new(SystemClock),
-            custom_clock: false,
-            name: "default".to_owned(),
+        TieredCacheBuilder::new()
+    }
+
+    pub(crate) fn from_runtime(runtime: Runtime<V>, name: String, l2_stats: L2Stats) -> Self {
+        TieredCache {
+            runtime: Arc::new(runtime),
+            name: name.into(),
+            l2_stats: Arc::new(l2_stats),
         }
     }
 
-    /// The value of `key`: L1, then L2, then `loader` (coalesced, stored in both tiers).
-    pub async fn get_or_load<L>(&self, key: &Key, loader: &Arc<L>) -> Result<Option<V>>
+    /// The value of `key`: L1, then L2, then `load` (coalesced with concurrent loads of the key,
+    /// stored in both tiers), with the cache's options.
+    ///
+    /// `load` returns the value (`None`: absent at the source) or a [`Loaded`] that carries its
+    /// own entry options; its error may be any error type, handed back through
+    /// [`Error::source_as`]. It runs only on a miss or a background refresh.
+    pub async fn get_or_load<F, Fut, T, E>(&self, key: &Key, load: F) -> Result<Option<V>>
     where
-        L: Loader<V> + ?Sized + 'static,
+        F: FnOnce(Key) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+        T: Into<Loaded<V>> + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
     {
-        // The L1 hit path, without a future or a boxed call: the concrete moka L1, then the
-        // guards' hit logic (counters, XFetch and eager refresh). Anything else takes the full path.
-        if let Some(l1) = &self.l1
-            && let Some(entry) = l1.get_entry(key)
-        {
-            let mut make_loader = Some(|| Arc::new(AbsentAsValue(Arc::clone(loader))));
-            if let Ok(value) = self
-                .aside
-                .guarded()
-                .serve_fresh(key, entry, None, &mut make_loader)
-            {
-                self.tiers
-                    .counters()
-                    .l1_hits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(value);
-            }
-        }
-        // Boxed so that the hit path's future stays small.
-        Box::pin(self.aside.get_or_load(key, loader)).await
+        let options = &self.runtime.options;
+        self.read(key, options, move || from_closure(load)).await
     }
 
-    /// [`get_or_load`](Self::get_or_load) with entry options for this call.
-    pub async fn get_or_load_with<L>(
+    /// [`get_or_load`](Self::get_or_load) with entry options for this call (TTL, stale period,
+    /// tags, timeouts, fail-safe, refresh). Invalid options are a `Config` error.
+    pub async fn get_or_load_with<F, Fut, T, E>(
         &self,
         key: &Key,
-        loader: &Arc<L>,
         options: &EntryOptions,
+        load: F,
     ) -> Result<Option<V>>
+    where
+        F: FnOnce(Key) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+        T: Into<Loaded<V>> + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
+    {
+        options.validate()?;
+        self.read(key, options, move || from_closure(load)).await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with a reusable [`Loader`].
+    pub async fn get_or_load_from<L>(&self, key: &Key, loader: &Arc<L>) -> Result<Option<V>>
     where
         L: Loader<V> + ?Sized + 'static,
     {
-        self.aside.get_or_load_with(key, loader, options).await
+        let loader = Arc::clone(loader);
+        self.read(key, &self.runtime.options, move || from_loader(loader))
+            .await
     }
 
-    /// The cached value of `key` if fresh, without loading.
-    pub async fn get(&self, key: &Key) -> Result<Option<V>> {
-        self.aside.get(key).await
+    async fn read(
+        &self,
+        key: &Key,
+        options: &EntryOptions,
+        make_load: impl FnOnce() -> crate::loaded::LoadFn<V>,
+    ) -> Result<Option<V>> {
+        let runtime = &self.runtime;
+        let counters = &runtime.tiers.counters;
+        let found = runtime.tiers.l1_entry(key);
+        let now = runtime.now();
+        let previous = match found {
+            Some(entry) if entry.meta.is_fresh(now) => {
+                counters.bump_l1_hits();
+                counters.bump_hits();
+                runtime.on_hit(key, &entry, options, now, make_load);
+                return Ok(entry.value);
+            }
+            found => {
+                if runtime.tiers.l1.is_some() {
+                    counters.bump_l1_misses();
+                }
+                found
+            }
+        };
+        // Boxed so that the hit path's future stays small.
+        Box::pin(runtime.miss(key, options, previous, make_load())).await
     }
 
     /// The values of `keys`, in order: L1, then one L2 MGET for the L1 misses, then one
-    /// `load_many` for the rest, each key coalesced with concurrent loads of it.
+    /// `load_many` for the rest — each key coalesced with concurrent loads of it, under the same
+    /// timeouts, fail-safe and refresh as [`get_or_load`](Self::get_or_load). The first key that
+    /// failed fails the call.
     pub async fn get_many<L>(&self, keys: &[Key], loader: &Arc<L>) -> Result<Vec<Option<V>>>
     where
         L: Loader<V> + ?Sized + 'static,
     {
-        let batch = Arc::new(AbsentAsValue(Arc::clone(loader)));
-        let values = self.aside.guarded().get_many_or_load(keys, &batch).await?;
-        Ok(values.into_iter().map(Option::flatten).collect())
+        self.runtime
+            .get_many_each(keys, &self.runtime.options, loader)
+            .await
+            .into_iter()
+            .collect()
     }
 
-    /// Stores `value` in both tiers before returning (L2 failures are queued for retry and
-    /// returned). Loads of `key` that started earlier will not overwrite it.
-    pub async fn set(&self, key: &Key, value: V) -> Result<()> {
-        let entry = self
-            .aside
-            .options()
-            .entry(Some(value), self.clock.now(), Duration::ZERO)?;
-        let guard = self.aside.guarded().write_lock(key).await;
-        guard.invalidate_loads();
-        self.tiers.set_now(key, entry).await
-    }
-
-    /// Removes `key` from both tiers; loads that started earlier will not put it back.
-    pub async fn delete(&self, key: &Key) -> Result<bool> {
-        self.aside.delete(key).await
-    }
-
-    /// Loads `keys` from the source into both tiers, `concurrency` at a time (0 for the default),
-    /// and reports per key.
-    pub async fn warm<L>(&self, keys: Vec<Key>, loader: &Arc<L>, concurrency: usize) -> WarmReport
+    /// Loads `keys` into both tiers (what is cached and fresh is kept), [`DEFAULT_WARM_BATCH`]
+    /// keys per `load_many`, [`DEFAULT_WARM_CONCURRENCY`] batches at a time, and reports per key.
+    pub async fn warm<L>(&self, keys: &[Key], loader: &Arc<L>) -> WarmReport
     where
         L: Loader<V> + ?Sized + 'static,
     {
-        let loader = Arc::new(AbsentAsValue(Arc::clone(loader)));
-        self.aside.guarded().warm(keys, &loader, concurrency).await
+        let mut items = Vec::with_capacity(keys.len());
+        for wave in keys.chunks(DEFAULT_WARM_BATCH * DEFAULT_WARM_CONCURRENCY) {
+            let mut batches = tokio::task::JoinSet::new();
+            for (index, batch) in wave.chunks(DEFAULT_WARM_BATCH).enumerate() {
+                let (runtime, loader, batch) =
+                    (Arc::clone(&self.runtime), Arc::clone(loader), batch.to_vec());
+                batches.spawn(async move {
+                    let results = runtime
+                        .get_many_each(&batch, &runtime.options, &loader)
+                        .await;
+                    (index, batch, results)
+                });
+            }
+            let mut done = Vec::new();
+            while let Some(joined) = batches.join_next().await {
+                match joined {
+                    Ok(batch) => done.push(batch),
+                    Err(error) => tracing::warn!(%error, "a warm-up batch panicked"),
+                }
+            }
+            done.sort_by_key(|(index, _, _)| *index);
+            for (_, batch, results) in done {
+                for (key, result) in batch.into_iter().zip(results) {
+                    let outcome = match result {
+                        Ok(Some(_)) => WarmOutcome::Loaded,
+                        Ok(None) => WarmOutcome::Absent,
+                        Err(error) => WarmOutcome::Failed(error),
+                    };
+                    items.push((key, outcome));
+                }
+            }
+        }
+        // A panicked batch leaves its keys out; report them as failed rather than lose them.
+        if items.len() < keys.len() {
+            let reported: std::collections::HashSet<Key> =
+                items.iter().map(|(k, _)| k.clone()).collect();
+            for key in keys.iter().filter(|k| !reported.contains(*k)) {
+                items.push((
+                    key.clone(),
+                    WarmOutcome::Failed(Error::loader("the warm-up batch panicked")),
+                ));
+            }
+        }
+        WarmReport { items }
     }
 
-    /// Sends queued L2 writes now; returns the first L2 error.
-    pub async fn flush(&self) -> Result<()> {
-        self.tiers.flush_pending().await
+    /// The cached value of `key` if fresh (L1, then L2), without loading; `None` on a miss, a
+    /// stale entry or a cached absence.
+    pub async fn get(&self, key: &Key) -> Result<Option<V>> {
+        let tiers = &self.runtime.tiers;
+        let now = self.runtime.now();
+        if let Some(entry) = tiers.l1_entry(key).filter(|e| e.meta.is_fresh(now)) {
+            tiers.counters.bump_l1_hits();
+            return Ok(entry.value);
+        }
+        let ticket = tiers.versions.begin(key);
+        match tiers.l2_entry(key).await {
+            Some(entry) if entry.meta.is_fresh(self.runtime.now()) => {
+                tiers.refill(&ticket, &entry);
+                Ok(entry.value)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Stores `value` under `key` in both tiers with the cache's options; returns once L2 has it.
+    /// Loads of `key` that started earlier will not overwrite it.
+    pub async fn set(&self, key: &Key, value: V) -> Result<()> {
+        self.set_with(key, value, &self.runtime.options).await
+    }
+
+    /// [`set`](Self::set) with entry options for this value.
+    pub async fn set_with(&self, key: &Key, value: V, options: &EntryOptions) -> Result<()> {
+        let entry = options.entry(Some(value), self.runtime.now(), Duration::ZERO)?;
+        self.runtime.tiers.write(key, Some(entry)).await.map(|_| ())
+    }
+
+    /// Removes `key` from both tiers; returns once L2 has it (`true` when a tier held it). Loads
+    /// that started earlier will not put it back. If L2 could not be reached the error is
+    /// returned, and the delete is retried in the background until it lands.
+    pub async fn delete(&self, key: &Key) -> Result<bool> {
+        self.runtime.tiers.write(key, None).await
+    }
+
+    /// Removes `keys` (concurrently, each ordered with the other writes of its key); returns how
+    /// many a tier held, or the first L2 error (those deletes are retried in the background).
+    pub async fn delete_many(&self, keys: &[Key]) -> Result<u64> {
+        let mut deletes = tokio::task::JoinSet::new();
+        for key in keys {
+            let (cache, key) = (self.clone(), key.clone());
+            deletes.spawn(async move { cache.delete(&key).await });
+        }
+        let mut removed = 0;
+        let mut first_error = None;
+        while let Some(joined) = deletes.join_next().await {
+            match joined {
+                Ok(Ok(was)) => removed += u64::from(was),
+                Ok(Err(error)) => {
+                    first_error.get_or_insert(error);
+                }
+                Err(error) => {
+                    first_error.get_or_insert(Error::unavailable("a delete task failed").with_source(error));
+                }
+            }
+        }
+        first_error.map_or(Ok(removed), Err)
+    }
+
+    /// Removes every key of `namespace` from both tiers (a SCAN + UNLINK on Redis); loads of its
+    /// keys that began before or during the clear will not store. Returns how many keys a tier
+    /// held, or the L2 error.
+    pub async fn clear(&self, namespace: &Namespace) -> Result<u64> {
+        self.runtime.tiers.clear(namespace).await
+    }
+
+    /// Waits until every pending L2 write has landed (at most [`DEFAULT_SHUTDOWN_TIMEOUT`]); an
+    /// `Unavailable` error says how many keys still had writes pending (logged too). Call it
+    /// before the process exits.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shutdown_within(DEFAULT_SHUTDOWN_TIMEOUT).await
+    }
+
+    /// [`shutdown`](Self::shutdown) with its own bound (`Duration::MAX`: none).
+    pub async fn shutdown_within(&self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        let pending = self.runtime.tiers.drain(timeout).await;
+        if pending == 0 {
+            return Ok(());
+        }
+        tracing::warn!(pending, waited = ?started.elapsed(), cache = %self.name, "shutdown with L2 writes still pending");
+        Err(Error::unavailable(format!(
+            "{pending} keys still had L2 writes pending after {timeout:?}"
+        )))
+    }
+
+    /// Claims `key` for a write-through: take it before writing the source, then write the cache
+    /// with [`set_after`](Self::set_after). Loads of the key that begin after the claim and read
+    /// the source before it changed will not store.
+    pub fn begin_write(&self, key: &Key) -> WriteIntent {
+        WriteIntent(self.runtime.tiers.versions.begin(key))
+    }
+
+    /// The cache half of a write-through: stores `value` if no other write of the key began since
+    /// `intent` was taken, else removes the key (the two writes raced at the source in an order
+    /// the cache cannot know, so the next read loads the source's). `true` when it stored.
+    pub async fn set_after(&self, intent: WriteIntent, value: Option<V>) -> Result<bool> {
+        let entry = match value {
+            Some(value) => self
+                .runtime
+                .options
+                .entry(Some(value), self.runtime.now(), Duration::ZERO)?,
+            None => match &self.runtime.negative {
+                Some(negative) => negative.entry(None, self.runtime.now(), Duration::ZERO)?,
+                None => return self.runtime.tiers.write_after(&intent.0, None).await,
+            },
+        };
+        self.runtime.tiers.write_after(&intent.0, Some(entry)).await
+    }
+
+    /// The cache as a [`Backend<V>`](layercache_core::Backend) (its L1 and L2 as one tier).
+    pub fn as_backend(&self) -> crate::backend::TieredBackend<V> {
+        crate::backend::TieredBackend(self.clone())
+    }
+
+    /// The entry of `key` that a tier holds (fresh or stale): L1, then L2 (refilling L1).
+    pub(crate) async fn entry(&self, key: &Key) -> Option<crate::tiers::Stored<V>> {
+        let tiers = &self.runtime.tiers;
+        if let Some(entry) = tiers.l1_entry(key) {
+            return Some(entry);
+        }
+        let ticket = tiers.versions.begin(key);
+        let entry = tiers.l2_entry(key).await?;
+        tiers.refill(&ticket, &entry);
+        Some(entry)
+    }
+
+    pub(crate) async fn write_entry(
+        &self,
+        key: &Key,
+        entry: Option<crate::tiers::Stored<V>>,
+    ) -> Result<bool> {
+        self.runtime.tiers.write(key, entry).await
+    }
+
+    /// The default entry options.
+    pub fn options(&self) -> &EntryOptions {
+        &self.runtime.options
     }
 
     /// The L2 circuit's state.
     pub fn circuit(&self) -> CircuitState {
-        self.tiers.circuit()
+        self.runtime.tiers.breaker.current()
     }
 
     /// The cache's name.
@@ -493,73 +389,65 @@ where
         &self.name
     }
 
-    /// The tiers as one backend.
-    pub fn backend(&self) -> &TieredBackend<Option<V>> {
-        &self.tiers
+    /// Bookkeeping of work in flight: loads, keys in the version table, keys with L2 writes
+    /// pending. All zero when the cache is idle.
+    pub fn in_flight(&self) -> (usize, usize, usize) {
+        let tiers = &self.runtime.tiers;
+        (
+            self.runtime.flights.stats().in_flight as usize,
+            tiers.versions.tracked(),
+            tiers.pending_writes(),
+        )
     }
 
     /// The counters so far.
     pub fn stats(&self) -> TieredStats {
         use std::sync::atomic::Ordering::Relaxed;
-        let tiers = self.tiers.counters();
-        let guarded = self.aside.stats();
-        let l1 = self.l1.as_ref().map(MokaBackend::stats);
+        let tiers = &self.runtime.tiers;
+        let c = &tiers.counters;
+        let l1 = tiers.l1.as_ref().map(layercache_moka::MokaBackend::stats);
+        let decode_failures = match &*self.l2_stats {
+            L2Stats::None => 0,
+            #[cfg(feature = "redis")]
+            L2Stats::Redis(redis) => redis.stats().decode_failures,
+        };
         TieredStats {
-            l1_hits: tiers.l1_hits.load(Relaxed),
-            l1_misses: tiers.l1_misses.load(Relaxed),
-            l2_hits: tiers.l2_hits.load(Relaxed),
-            l2_misses: tiers.l2_misses.load(Relaxed),
-            l2_errors: tiers.l2_errors.load(Relaxed),
-            l2_skipped: tiers.l2_skipped.load(Relaxed),
-            l2_writes: tiers.l2_writes.load(Relaxed),
-            l2_write_failures: tiers.l2_write_failures.load(Relaxed),
-            l2_pending_writes: self.tiers.pending_writes() as u64,
-            l2_pending_dropped: tiers.pending_dropped.load(Relaxed),
-            l2_decode_failures: self.redis.as_ref().map_or(0, |r| r.stats().decode_failures),
-            circuit: self.tiers.circuit(),
-            circuit_opened: self.tiers.circuit_opened(),
-            loads: guarded.loads,
-            load_errors: guarded.load_errors,
-            stale_served: guarded.stale_served,
-            coalesced: guarded.flights.coalesced,
-            refreshes: guarded.early_refreshes + guarded.eager_refreshes,
+            hits: c.hits.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            coalesced: c.coalesced.load(Relaxed),
+            stale_served: c.stale_served.load(Relaxed),
+            l1_hits: c.l1_hits.load(Relaxed),
+            l1_misses: c.l1_misses.load(Relaxed),
+            l2_hits: c.l2_hits.load(Relaxed),
+            l2_misses: c.l2_misses.load(Relaxed),
+            l2_errors: c.l2_errors.load(Relaxed),
+            l2_skipped: c.l2_skipped.load(Relaxed),
+            l2_writes: c.l2_writes.load(Relaxed),
+            l2_write_failures: c.l2_write_failures.load(Relaxed),
+            l2_pending_writes: tiers.pending_writes() as u64,
+            l2_pending_dropped: c.pending_dropped.load(Relaxed),
+            l2_decode_failures: decode_failures,
+            circuit: tiers.breaker.current(),
+            circuit_opened: tiers.breaker.times_opened(),
+            loads: c.loads.load(Relaxed),
+            load_errors: c.load_errors.load(Relaxed),
+            hard_timeouts: c.hard_timeouts.load(Relaxed),
+            soft_timeouts: c.soft_timeouts.load(Relaxed),
+            refreshes: c.refreshes.load(Relaxed),
+            stores_skipped: c.stores_skipped.load(Relaxed),
+            lock_waits_served: c.lock_waits_served.load(Relaxed),
+            lock_timeouts: c.lock_timeouts.load(Relaxed),
+            lock_errors: c.lock_errors.load(Relaxed),
             evictions: l1.map_or(0, |s| s.evictions),
             l1_entries: l1.map_or(0, |s| s.entries),
         }
     }
 
     /// Publishes [`stats`](Self::stats) through the `metrics` facade, labelled with the cache's
-    /// name: counters `layercache_<field>_total` and gauges for the queue, the circuit (0 closed,
-    /// 1 half-open, 2 open) and L1's size. Call it periodically (e.g. every few seconds).
+    /// name: counters `layercache_<field>_total` and gauges for the pending L2 writes, the
+    /// circuit (0 closed, 1 half-open, 2 open) and L1's size. Call it periodically.
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self) {
-        let s = self.stats();
-        let name = self.name.to_string();
-        let counters = [
-            ("layercache_l1_hits_total", s.l1_hits),
-            ("layercache_l1_misses_total", s.l1_misses),
-            ("layercache_l2_hits_total", s.l2_hits),
-            ("layercache_l2_misses_total", s.l2_misses),
-            ("layercache_l2_errors_total", s.l2_errors),
-            ("layercache_l2_skipped_total", s.l2_skipped),
-            ("layercache_l2_decode_failures_total", s.l2_decode_failures),
-            ("layercache_loads_total", s.loads),
-            ("layercache_load_errors_total", s.load_errors),
-            ("layercache_stale_served_total", s.stale_served),
-            ("layercache_coalesced_total", s.coalesced),
-            ("layercache_evictions_total", s.evictions),
-        ];
-        for (metric, value) in counters {
-            metrics::counter!(metric, "cache" => name.clone()).absolute(value);
-        }
-        let circuit = match s.circuit {
-            CircuitState::Closed => 0.0,
-            CircuitState::HalfOpen => 1.0,
-            CircuitState::Open => 2.0,
-        };
-        metrics::gauge!("layercache_l2_circuit_state", "cache" => name.clone()).set(circuit);
-        metrics::gauge!("layercache_l2_pending_writes", "cache" => name.clone())
-            .set(s.l2_pending_writes as f64);
-        metrics::gauge!("layercache_l1_entries", "cache" => name).set(s.l1_entries as f64);
+        crate::stats::publish(&self.name, &self.stats());
     }
 }

@@ -107,15 +107,6 @@ impl CircuitBreaker {
         }
     }
 
-    /// Whether an open circuit's cool-down has ended (a probe would be let through).
-    pub(crate) fn cool_down_over(&self) -> bool {
-        match *self.state() {
-            State::Open { until } | State::HalfOpen { probe_until: until } => {
-                Instant::now() >= until
-            }
-            State::Closed { .. } => true,
-        }
-    }
 
     pub(crate) fn current(&self) -> CircuitState {
         match *self.state() {

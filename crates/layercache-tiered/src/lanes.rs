@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use layercache_core::{Backend, Entry, Error, Key, Result, WriteTicket};
+use layercache_core::{Backend, Entry, Error, Key, Namespace, Result, WriteTicket};
 use tokio::sync::{Notify, oneshot};
 
 use crate::circuit::CircuitBreaker;
@@ -38,15 +38,25 @@ pub(crate) enum L2Op<V> {
 /// A queued write: the op, who waits for it, and the version-table ticket it finishes.
 pub(crate) struct Queued<V> {
     pub(crate) op: L2Op<V>,
-    pub(crate) done: Option<oneshot::Sender<Result<()>>>,
+    pub(crate) done: Option<oneshot::Sender<Result<bool>>>,
     pub(crate) ticket: Option<WriteTicket>,
 }
 
 impl<V> Queued<V> {
-    /// Completes the write without sending it: a newer write of the key replaced it.
-    fn supersede(self) {
+    /// Completes the write without sending it: a newer write of the key replaced it. Call it
+    /// with no lock held (finishing the ticket takes the key's lock in the version table).
+    pub(crate) fn supersede(self) {
         if let Some(done) = self.done {
-            let _ = done.send(Ok(()));
+            let _ = done.send(Ok(false));
+        }
+        if let Some(ticket) = self.ticket {
+            ticket.finish(|| ());
+        }
+    }
+
+    fn fail(self, error: Error) {
+        if let Some(done) = self.done {
+            let _ = done.send(Err(error));
         }
         if let Some(ticket) = self.ticket {
             ticket.finish(|| ());
@@ -54,8 +64,28 @@ impl<V> Queued<V> {
     }
 }
 
+/// What [`Lanes::enqueue`] leaves for its caller to complete once it holds no lock.
+#[must_use = "complete it outside the version table's lock"]
+pub(crate) struct Leftover<V>(Option<(Queued<V>, Option<Error>)>);
+
+impl<V> Leftover<V> {
+    pub(crate) fn none() -> Self {
+        Leftover(None)
+    }
+
+    pub(crate) fn complete(self) {
+        match self.0 {
+            Some((write, None)) => write.supersede(),
+            Some((write, Some(error))) => write.fail(error),
+            None => {}
+        }
+    }
+}
+
 struct Lane<V> {
     waiting: Option<Queued<V>>,
+    /// The lane's only work is a failed delete waiting for its retry.
+    retrying: bool,
 }
 
 pub(crate) struct Lanes<V> {
@@ -68,7 +98,8 @@ pub(crate) struct Lanes<V> {
     retry_limit: usize,
     retrying: AtomicUsize,
     active: AtomicUsize,
-    idle: Notify,
+    /// Notified whenever a lane ends or a retry starts.
+    changed: Notify,
 }
 
 impl<V> fmt::Debug for Lanes<V> {
@@ -101,7 +132,7 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
             retry_limit: retry_limit.max(1),
             retrying: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
-            idle: Notify::new(),
+            changed: Notify::new(),
         }
     }
 
@@ -116,36 +147,50 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
     }
 
     /// Queues `write` behind the key's write in flight, if any. Call it under the key's lock in
-    /// the version table, so lanes keep the order in which writes began.
-    pub(crate) fn enqueue(self: &Arc<Self>, key: &Key, write: Queued<V>) {
+    /// the version table, so lanes keep the order in which writes began; complete what it returns
+    /// after that lock is released.
+    pub(crate) fn enqueue(self: &Arc<Self>, key: &Key, write: Queued<V>) -> Leftover<V> {
         let mut shard = locked(self.shard(key));
         if let Some(lane) = shard.get_mut(key) {
-            if let Some(older) = lane.waiting.replace(write) {
-                older.supersede();
-            }
-            return;
+            return Leftover(lane.waiting.replace(write).map(|older| (older, None)));
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime (a write from outside tokio): nothing could send it.
+            let error = Error::config("an L2 write needs a tokio runtime; none is running");
+            return Leftover(Some((write, Some(error))));
+        };
         shard.insert(
             key.clone(),
             Lane {
                 waiting: Some(write),
+                retrying: false,
             },
         );
         drop(shard);
         self.active.fetch_add(1, Ordering::AcqRel);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(Arc::clone(self).drive(key.clone()));
+        runtime.spawn(Arc::clone(self).drive(key.clone()));
+        Leftover::none()
+    }
+
+    /// Waits until no lane of `namespace` has a write in flight or waiting (deletes being retried
+    /// aside), at most `timeout`.
+    pub(crate) async fn settle(&self, namespace: &Namespace, timeout: Duration) {
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        loop {
+            let changed = self.changed.notified();
+            let busy = self.shards.iter().any(|shard| {
+                locked(shard)
+                    .iter()
+                    .any(|(key, lane)| namespace.contains(key) && !lane.retrying)
+            });
+            if !busy {
+                return;
             }
-            Err(_) => {
-                // No runtime (a write from outside tokio): nothing can send it. Fail it visibly.
-                let lane = locked(self.shard(key)).remove(key);
-                self.lane_done();
-                if let Some(write) = lane.and_then(|l| l.waiting) {
-                    if let Some(done) = write.done {
-                        let _ = done.send(Err(Error::config(
-                            "an L2 write needs a tokio runtime; none is running",
-                        )));
+            match deadline {
+                None => changed.await,
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return;
                     }
                 }
             }
@@ -153,16 +198,15 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
     }
 
     fn lane_done(&self) {
-        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
-        }
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
     }
 
     /// Waits until every lane is empty or `timeout` passed; returns the keys still pending.
     pub(crate) async fn drain(&self, timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now().checked_add(timeout);
         loop {
-            let idle = self.idle.notified();
+            let idle = self.changed.notified();
             if self.active() == 0 {
                 return 0;
             }
@@ -181,38 +225,52 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
     async fn drive(self: Arc<Self>, key: Key) {
         let mut retry: Option<Queued<V>> = None;
         loop {
-            let next = {
+            let (next, replaced) = {
                 let mut shard = locked(self.shard(&key));
-                let waiting = shard.get_mut(&key).and_then(|lane| lane.waiting.take());
+                let lane = shard.get_mut(&key);
+                let waiting = lane.and_then(|lane| {
+                    lane.retrying = false;
+                    lane.waiting.take()
+                });
                 match (waiting, retry.take()) {
-                    (Some(newer), Some(older)) => {
-                        // A newer write replaces the delete being retried.
-                        self.retrying.fetch_sub(1, Ordering::AcqRel);
-                        older.supersede();
-                        Some(newer)
-                    }
-                    (Some(newer), None) => Some(newer),
-                    (None, Some(older)) => Some(older),
+                    // A newer write replaces the delete being retried.
+                    (Some(newer), Some(older)) => (Some(newer), Some(older)),
+                    (Some(newer), None) => (Some(newer), None),
+                    (None, Some(older)) => (Some(older), None),
                     (None, None) => {
                         shard.remove(&key);
-                        None
+                        (None, None)
                     }
                 }
             };
+            if let Some(older) = replaced {
+                self.retrying.fetch_sub(1, Ordering::AcqRel);
+                older.supersede();
+            }
             let Some(write) = next else { break };
             let was_retry = write.done.is_none() && matches!(write.op, L2Op::Delete);
             retry = self.send(&key, write).await;
-            if retry.is_some() && !was_retry {
-                if self.retrying.fetch_add(1, Ordering::AcqRel) >= self.retry_limit {
-                    self.retrying.fetch_sub(1, Ordering::AcqRel);
-                    self.counters.bump_pending_dropped();
-                    tracing::warn!(%key, "too many L2 deletes waiting for retry; dropped one (the key expires with its TTL)");
-                    retry.take().map(Queued::supersede);
+            match (&retry, was_retry) {
+                (Some(_), false) => {
+                    if self.retrying.fetch_add(1, Ordering::AcqRel) >= self.retry_limit {
+                        self.retrying.fetch_sub(1, Ordering::AcqRel);
+                        self.counters.bump_pending_dropped();
+                        tracing::warn!(%key, "too many L2 deletes waiting for retry; dropped one (the key expires with its TTL)");
+                        if let Some(dropped) = retry.take() {
+                            dropped.supersede();
+                        }
+                    }
                 }
-            } else if retry.is_none() && was_retry {
-                self.retrying.fetch_sub(1, Ordering::AcqRel);
+                (None, true) => {
+                    self.retrying.fetch_sub(1, Ordering::AcqRel);
+                }
+                _ => {}
             }
             if retry.is_some() {
+                if let Some(lane) = locked(self.shard(&key)).get_mut(&key) {
+                    lane.retrying = lane.waiting.is_none();
+                }
+                self.changed.notify_waiters();
                 tokio::time::sleep(self.retry_interval).await;
             }
         }
@@ -228,11 +286,11 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
             Err(Error::unavailable("the L2 circuit is open"))
         } else {
             let sent = match op {
-                L2Op::Set(entry) => self.l2.set(key, entry).await,
-                L2Op::Delete => self.l2.delete(key).await.map(|_| ()),
+                L2Op::Set(entry) => self.l2.set(key, entry).await.map(|()| false),
+                L2Op::Delete => self.l2.delete(key).await,
             };
             match &sent {
-                Ok(()) => self.breaker.success(),
+                Ok(_) => self.breaker.success(),
                 Err(_) => {
                     self.breaker.failure();
                     self.counters.bump_l2_errors();
@@ -241,10 +299,10 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
             sent
         };
         match result {
-            Ok(()) => {
+            Ok(present) => {
                 self.counters.bump_l2_writes();
                 if let Some(done) = done {
-                    let _ = done.send(Ok(()));
+                    let _ = done.send(Ok(present));
                 }
                 if let Some(ticket) = ticket {
                     ticket.finish(|| ());

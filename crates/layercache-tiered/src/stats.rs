@@ -47,12 +47,6 @@ counters! {
     lock_errors => bump_lock_errors,
 }
 
-impl Counters {
-    pub(crate) fn add_loads(&self, n: u64) {
-        self.loads.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
 /// A point-in-time view of a [`TieredCache`](crate::TieredCache)'s counters.
 ///
 /// Every read (`get_or_load`, each key of `get_many`) ends as exactly one of: a **hit** (a fresh
@@ -149,4 +143,48 @@ fn ratio(part: u64, whole: u64) -> f64 {
     } else {
         part as f64 / whole as f64
     }
+}
+
+/// Publishes `s` through the `metrics` facade, labelled `cache = name`.
+#[cfg(feature = "metrics")]
+pub(crate) fn publish(name: &str, s: &TieredStats) {
+    let counters = [
+        ("layercache_hits_total", s.hits),
+        ("layercache_misses_total", s.misses),
+        ("layercache_coalesced_total", s.coalesced),
+        ("layercache_stale_served_total", s.stale_served),
+        ("layercache_l1_hits_total", s.l1_hits),
+        ("layercache_l1_misses_total", s.l1_misses),
+        ("layercache_l2_hits_total", s.l2_hits),
+        ("layercache_l2_misses_total", s.l2_misses),
+        ("layercache_l2_errors_total", s.l2_errors),
+        ("layercache_l2_skipped_total", s.l2_skipped),
+        ("layercache_l2_writes_total", s.l2_writes),
+        ("layercache_l2_write_failures_total", s.l2_write_failures),
+        ("layercache_l2_pending_dropped_total", s.l2_pending_dropped),
+        ("layercache_l2_decode_failures_total", s.l2_decode_failures),
+        ("layercache_circuit_opened_total", s.circuit_opened),
+        ("layercache_loads_total", s.loads),
+        ("layercache_load_errors_total", s.load_errors),
+        ("layercache_hard_timeouts_total", s.hard_timeouts),
+        ("layercache_soft_timeouts_total", s.soft_timeouts),
+        ("layercache_refreshes_total", s.refreshes),
+        ("layercache_stores_skipped_total", s.stores_skipped),
+        ("layercache_lock_waits_served_total", s.lock_waits_served),
+        ("layercache_lock_timeouts_total", s.lock_timeouts),
+        ("layercache_lock_errors_total", s.lock_errors),
+        ("layercache_evictions_total", s.evictions),
+    ];
+    for (metric, value) in counters {
+        metrics::counter!(metric, "cache" => name.to_owned()).absolute(value);
+    }
+    let circuit = match s.circuit {
+        CircuitState::Closed => 0.0,
+        CircuitState::HalfOpen => 1.0,
+        CircuitState::Open => 2.0,
+    };
+    metrics::gauge!("layercache_l2_circuit_state", "cache" => name.to_owned()).set(circuit);
+    metrics::gauge!("layercache_l2_pending_writes", "cache" => name.to_owned())
+        .set(s.l2_pending_writes as f64);
+    metrics::gauge!("layercache_l1_entries", "cache" => name.to_owned()).set(s.l1_entries as f64);
 }

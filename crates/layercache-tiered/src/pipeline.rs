@@ -1,0 +1,377 @@
+//! The one loader pipeline: what a read does when L1 has no fresh value, as ordered layers.
+//!
+//! Outermost first (the order is behaviour):
+//!
+//! 1. **Hit** ([`Runtime::on_hit`]): a fresh value is served at once; if it is due for a refresh
+//!    (eager refresh at a fraction of its TTL, or XFetch), one background refresh of the key
+//!    starts (a flight of its own), and the caller still gets the current value.
+//! 2. **Stale-while-revalidate**: a stale value is served at once while one refresh runs.
+//! 3. **Single-flight**: of the callers that miss together, one leads; the rest wait for its
+//!    outcome (a caller holding a stale value waits at most the soft timeout, then gets it).
+//! 4. The leader's work ([`Runtime::lead`]), in its own task (cancellation-safe):
+//!    a. take a [`Ticket`](layercache_core::Ticket) in the version table, then re-read L1 (a
+//!       flight may have landed since the caller looked) and L2 (another process may have it);
+//!    b. **distributed lock** (optional): one process loads, the others poll L2 for its value;
+//!    c. **hard timeout** around the loader, its duration measured (XFetch's delta);
+//!    d. **fail-safe**: a failed or timed-out load serves the stale value, kept fresh for the
+//!       throttle so the source rests;
+//!    e. **store** through the ticket: dropped if a write, delete or clear of the key began since.
+//!
+//! The wrong order costs: a lock outside single-flight makes every caller of a process poll Redis;
+//! a refresh outside single-flight starts one load per lucky reader; a store without the ticket
+//! lets a slow load undo an invalidation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use layercache_core::{EntryMeta, EntryOptions, Error, Key, Result, Ticket, Timestamp};
+use layercache_stampede::{DistributedLock, EarlyExpiry, OnLockTimeout, SingleFlight};
+
+use crate::loaded::LoadFn;
+use crate::tiers::{Stored, Tiers};
+
+/// What a flight hands its callers: the value, and whether it is a stale one (fail-safe).
+#[derive(Clone, Debug)]
+pub(crate) struct Served<V> {
+    pub(crate) value: Option<V>,
+    pub(crate) stale: bool,
+}
+
+impl<V> Served<V> {
+    pub(crate) fn fresh(value: Option<V>) -> Self {
+        Served {
+            value,
+            stale: false,
+        }
+    }
+
+    pub(crate) fn stale(value: Option<V>) -> Self {
+        Served { value, stale: true }
+    }
+}
+
+/// The one owner of a cache's state: its tiers (and their version table), its flights and guards,
+/// its default options.
+pub(crate) struct Runtime<V> {
+    pub(crate) tiers: Tiers<V>,
+    pub(crate) flights: SingleFlight<Served<V>>,
+    pub(crate) lock: Option<DistributedLock>,
+    pub(crate) early: Option<EarlyExpiry>,
+    pub(crate) options: EntryOptions,
+    pub(crate) negative: Option<EntryOptions>,
+}
+
+/// Runs `future` for at most `limit` (`Duration::MAX`: no bound).
+pub(crate) async fn bounded<T>(
+    limit: std::time::Duration,
+    future: impl Future<Output = Result<T>>,
+    what: impl FnOnce() -> String,
+) -> Result<T> {
+    match tokio::time::Instant::now().checked_add(limit) {
+        Some(deadline) if limit != std::time::Duration::MAX => {
+            match tokio::time::timeout_at(deadline, future).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::timeout(format!("{} exceeded {limit:?}", what()))),
+            }
+        }
+        _ => future.await,
+    }
+}
+
+fn newer(entry: &Stored<impl Sized>, than: Option<&EntryMeta>) -> bool {
+    than.is_none_or(|seen| entry.meta.created_at > seen.created_at)
+}
+
+impl<V: Clone + Send + Sync + 'static> Runtime<V> {
+    pub(crate) fn now(&self) -> Timestamp {
+        self.tiers.clock.now()
+    }
+
+    /// Whether a fresh entry is due for a background refresh.
+    fn refresh_due(&self, options: &EntryOptions, meta: &EntryMeta, now: Timestamp) -> bool {
+        let eager = options.eager_refresh().is_some_and(|fraction| {
+            let ttl = meta.fresh_until.saturating_since(meta.created_at);
+            now >= meta.created_at + ttl.mul_f64(fraction)
+        });
+        eager
+            || self
+                .early
+                .as_ref()
+                .is_some_and(|early| early.should_refresh(meta, now))
+    }
+
+    /// The hit layer, for a fresh `entry` about to be served: starts a background refresh when one
+    /// is due. `make_load` runs only when a refresh starts.
+    pub(crate) fn on_hit(
+        self: &Arc<Self>,
+        key: &Key,
+        entry: &Stored<V>,
+        options: &EntryOptions,
+        now: Timestamp,
+        make_load: impl FnOnce() -> LoadFn<V>,
+    ) {
+        if self.refresh_due(options, &entry.meta, now) && !self.flights.is_in_flight(key) {
+            self.spawn_refresh(key, entry, options, make_load);
+        }
+    }
+
+    /// Starts one background refresh of `key` unless a flight of it runs; the refresh wants a
+    /// value newer than `seen` and serves nothing older.
+    fn spawn_refresh(
+        self: &Arc<Self>,
+        key: &Key,
+        seen: &Stored<V>,
+        options: &EntryOptions,
+        make_load: impl FnOnce() -> LoadFn<V>,
+    ) {
+        let started = self.flights.spawn_if_idle(key, || {
+            Arc::clone(self).lead(key.clone(), options.clone(), Some(seen.clone()), make_load())
+        });
+        if started {
+            self.tiers.counters.bump_refreshes();
+        }
+    }
+
+    /// Layers 2 and 3: a read that found no fresh value in L1 (`previous` is what it found).
+    pub(crate) async fn miss(
+        self: &Arc<Self>,
+        key: &Key,
+        options: &EntryOptions,
+        previous: Option<Stored<V>>,
+        load: LoadFn<V>,
+    ) -> Result<Option<V>> {
+        let counters = &self.tiers.counters;
+        let now = self.now();
+        let stale = previous.filter(|p| !p.meta.is_expired(now));
+        if let Some(stale) = &stale
+            && options.stale_while_revalidate()
+        {
+            self.spawn_refresh(key, stale, options, || load);
+            counters.bump_stale_served();
+            return Ok(stale.value.clone());
+        }
+        let (led, waiter) = self.flights.join_or_start(key, || {
+            Arc::clone(self).lead(key.clone(), options.clone(), stale.clone(), load)
+        });
+        let outcome = match (options.soft_timeout(), &stale) {
+            (Some(soft), Some(stale)) => {
+                match tokio::time::timeout(soft, self.flights.wait(key, waiter)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        // Only this caller stops waiting: the flight goes on and fills the cache.
+                        counters.bump_soft_timeouts();
+                        Ok(Served::stale(stale.value.clone()))
+                    }
+                }
+            }
+            _ => self.flights.wait(key, waiter).await,
+        };
+        let served = outcome?;
+        if served.stale {
+            counters.bump_stale_served();
+        } else if led {
+            counters.bump_misses();
+        } else {
+            counters.bump_coalesced();
+        }
+        Ok(served.value)
+    }
+
+    /// Layer 4: the leader's work (a flight, in its own task).
+    pub(crate) async fn lead(
+        self: Arc<Self>,
+        key: Key,
+        options: EntryOptions,
+        previous: Option<Stored<V>>,
+        load: LoadFn<V>,
+    ) -> Result<Served<V>> {
+        let ticket = self.tiers.versions.begin(&key);
+        let seen = previous.as_ref().map(|p| p.meta.clone());
+        let now = self.now();
+        if let Some(entry) = self.tiers.l1_entry(&key)
+            && entry.meta.is_fresh(now)
+            && newer(&entry, seen.as_ref())
+        {
+            return Ok(Served::fresh(entry.value));
+        }
+        let mut previous = previous;
+        if let Some(entry) = self.tiers.l2_entry(&key).await {
+            let now = self.now();
+            if entry.meta.is_fresh(now) && newer(&entry, seen.as_ref()) {
+                self.tiers.refill(&ticket, &entry);
+                return Ok(Served::fresh(entry.value));
+            }
+            if !entry.meta.is_expired(now) && newer(&entry, previous.as_ref().map(|p| &p.meta)) {
+                previous = Some(entry);
+            }
+        }
+        match &self.lock {
+            Some(lock) => {
+                self.locked_load(lock, &ticket, &options, previous, load)
+                    .await
+            }
+            None => self.load(&ticket, &options, previous, load).await,
+        }
+    }
+
+    /// Layer 4b: one process loads, the others poll L2 for its value, at most the lock's wait.
+    async fn locked_load(
+        &self,
+        lock: &DistributedLock,
+        ticket: &Ticket,
+        options: &EntryOptions,
+        previous: Option<Stored<V>>,
+        load: LoadFn<V>,
+    ) -> Result<Served<V>> {
+        let key = ticket.key();
+        let counters = &self.tiers.counters;
+        let max_wait = lock.options().max_wait;
+        let deadline = tokio::time::Instant::now().checked_add(max_wait);
+        let mut backoff = lock.backoff();
+        let seen = previous.as_ref().map(|p| p.meta.clone());
+        let fresh_in_l2 = || async {
+            let entry = self.tiers.l2_entry(key).await?;
+            (entry.meta.is_fresh(self.now()) && newer(&entry, seen.as_ref())).then_some(entry)
+        };
+        loop {
+            match lock.try_lock(key).await {
+                Ok(Some(guard)) => {
+                    // The previous holder may have stored its value just before we took the lock.
+                    let served = match fresh_in_l2().await {
+                        Some(entry) => {
+                            self.tiers.refill(ticket, &entry);
+                            Ok(Served::fresh(entry.value))
+                        }
+                        None => self.load(ticket, options, previous, load).await,
+                    };
+                    if let Err(error) = guard.release().await {
+                        tracing::warn!(%key, %error, "could not release a lock; it expires with its lease");
+                    }
+                    return served;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    counters.bump_lock_errors();
+                    tracing::warn!(%key, %error, "the lock store failed; loading without the lock");
+                    return self.load(ticket, options, previous, load).await;
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if deadline.is_some_and(|deadline| now >= deadline) {
+                counters.bump_lock_timeouts();
+                let servable = previous.as_ref().filter(|p| !p.meta.is_expired(self.now()));
+                return match (lock.options().on_timeout, servable) {
+                    (OnLockTimeout::ServeStale | OnLockTimeout::Fail, Some(servable)) => {
+                        Ok(Served::stale(servable.value.clone()))
+                    }
+                    (OnLockTimeout::Fail, None) => Err(Error::lock(format!(
+                        "waited {max_wait:?} for another process to load {key}"
+                    ))),
+                    _ => self.load(ticket, options, previous, load).await,
+                };
+            }
+            let pause = backoff.next_pause();
+            let pause = deadline.map_or(pause, |deadline| pause.min(deadline - now));
+            tokio::time::sleep(pause).await;
+            if let Some(entry) = fresh_in_l2().await {
+                counters.bump_lock_waits_served();
+                self.tiers.refill(ticket, &entry);
+                return Ok(Served::fresh(entry.value));
+            }
+        }
+    }
+
+    /// Layers 4c–4e: the loader under the hard timeout, fail-safe, and the store.
+    async fn load(
+        &self,
+        ticket: &Ticket,
+        options: &EntryOptions,
+        previous: Option<Stored<V>>,
+        load: LoadFn<V>,
+    ) -> Result<Served<V>> {
+        let key = ticket.key();
+        let counters = &self.tiers.counters;
+        counters.bump_loads();
+        let started = Instant::now();
+        let loaded = bounded(options.hard_timeout(), load(key.clone()), || {
+            format!("loading {key}")
+        })
+        .await;
+        match loaded {
+            Ok(loaded) => {
+                let (value, own_options) = loaded.into_parts();
+                if let Some(entry) =
+                    self.entry_for(key, value.clone(), own_options.as_ref(), options, started)
+                {
+                    self.tiers.store(ticket, entry).await;
+                }
+                Ok(Served::fresh(value))
+            }
+            Err(error) => {
+                counters.bump_load_errors();
+                if error.kind() == layercache_core::ErrorKind::Timeout {
+                    counters.bump_hard_timeouts();
+                }
+                self.fail_safe(ticket, options, previous, error).await
+            }
+        }
+    }
+
+    /// Layer 4d: serve a stale value instead of a failed load, when fail-safe allows.
+    async fn fail_safe(
+        &self,
+        ticket: &Ticket,
+        options: &EntryOptions,
+        previous: Option<Stored<V>>,
+        error: Error,
+    ) -> Result<Served<V>> {
+        match self.fail_safe_entry(options, previous.as_ref()) {
+            Some(entry) => {
+                tracing::warn!(key = %ticket.key(), %error, "the load failed; serving the stale value (fail-safe)");
+                let value = entry.value.clone();
+                self.tiers.store(ticket, entry).await;
+                Ok(Served::stale(value))
+            }
+            None => Err(error),
+        }
+    }
+
+    /// The entry to store for a loaded value: the loader's own options, else the negative
+    /// options for an absence (none: absences are not cached), else the call's. `None` when
+    /// nothing is to be stored.
+    pub(crate) fn entry_for(
+        &self,
+        key: &Key,
+        value: Option<V>,
+        own: Option<&EntryOptions>,
+        call: &EntryOptions,
+        started: Instant,
+    ) -> Option<Stored<V>> {
+        let options = match (own, &value) {
+            (Some(own), _) => own,
+            (None, Some(_)) => call,
+            (None, None) => self.negative.as_ref()?,
+        };
+        match options.entry(value, self.now(), started.elapsed()) {
+            Ok(entry) => Some(entry),
+            Err(error) => {
+                tracing::warn!(%key, %error, "invalid options for a loaded value; served, not cached");
+                None
+            }
+        }
+    }
+
+    /// Fail-safe's entry: `previous`, still servable, kept fresh for the throttle.
+    pub(crate) fn fail_safe_entry(
+        &self,
+        options: &EntryOptions,
+        previous: Option<&Stored<V>>,
+    ) -> Option<Stored<V>> {
+        let now = self.now();
+        let throttle = options.fail_safe()?;
+        let previous = previous.filter(|p| !p.meta.is_expired(now))?;
+        let mut entry = previous.clone();
+        entry.meta.fresh_until = (now + throttle).min(entry.meta.stale_until);
+        Some(entry)
+    }
+}

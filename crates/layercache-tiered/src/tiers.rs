@@ -1,0 +1,320 @@
+//! The tiers of one cache and the only ways into them: every store and every write goes through
+//! the per-key version table ([`Versions`]), so invalidation always wins.
+//!
+//! - Reads: [`Tiers::l1_entry`] (no future) and [`Tiers::l2_entry`] (through the circuit breaker;
+//!   failures are counted and read as misses).
+//! - Stores of what a load read or produced: [`Tiers::refill`] (an L2 hit into L1) and
+//!   [`Tiers::store`] (a loaded value: L1 now, L2 through the key's lane), both under a [`Ticket`]
+//!   taken before the read, so they are dropped when a write, delete or clear of the key began since.
+//! - Writes: [`Tiers::write`] (set or delete), [`Tiers::write_after`] (write-through's conditional
+//!   write) and [`Tiers::clear`]; each returns once L2 has it (or reports why not).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use layercache_core::{
+    Backend, Entry, Error, Key, Namespace, Result, SharedClock, Ticket, Versions, WriteTicket,
+};
+use layercache_moka::MokaBackend;
+use tokio::sync::oneshot;
+
+use crate::circuit::CircuitBreaker;
+use crate::lanes::{L2Op, Lanes, Leftover, Queued};
+use crate::stats::Counters;
+
+/// What the tiers hold: `None` is a cached absence (negative caching).
+pub(crate) type Stored<V> = Entry<Option<V>>;
+
+/// How long a clear waits for the L2 writes of its namespace already under way.
+const CLEAR_SETTLE: Duration = Duration::from_secs(5);
+
+pub(crate) struct Tiers<V> {
+    pub(crate) l1: Option<MokaBackend<Option<V>>>,
+    pub(crate) l2: Option<Arc<dyn Backend<Option<V>>>>,
+    lanes: Option<Arc<Lanes<V>>>,
+    pub(crate) breaker: Arc<CircuitBreaker>,
+    pub(crate) versions: Arc<Versions>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) clock: SharedClock,
+}
+
+impl<V> std::fmt::Debug for Tiers<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tiers")
+            .field("l1", &self.l1.is_some())
+            .field("l2", &self.l2)
+            .field("circuit", &self.breaker.current())
+            .finish()
+    }
+}
+
+async fn landed(rx: oneshot::Receiver<Result<bool>>) -> Result<bool> {
+    rx.await
+        .unwrap_or_else(|_| Err(Error::unavailable("the L2 write was dropped unfinished")))
+}
+
+impl<V: Clone + Send + Sync + 'static> Tiers<V> {
+    pub(crate) fn new(
+        l1: Option<MokaBackend<Option<V>>>,
+        l2: Option<Arc<dyn Backend<Option<V>>>>,
+        breaker: CircuitBreaker,
+        clock: SharedClock,
+        retry_interval: Duration,
+        retry_limit: usize,
+    ) -> Result<Self> {
+        if l1.is_none() && l2.is_none() {
+            return Err(Error::config("a cache needs an L1, an L2, or both"));
+        }
+        let breaker = Arc::new(breaker);
+        let counters = Arc::new(Counters::default());
+        let lanes = l2.as_ref().map(|l2| {
+            Arc::new(Lanes::new(
+                Arc::clone(l2),
+                Arc::clone(&breaker),
+                Arc::clone(&counters),
+                retry_interval,
+                retry_limit,
+            ))
+        });
+        Ok(Tiers {
+            l1,
+            l2,
+            lanes,
+            breaker,
+            versions: Arc::new(Versions::new()),
+            counters,
+            clock,
+        })
+    }
+
+    /// The L1 entry of `key`, without a future.
+    pub(crate) fn l1_entry(&self, key: &Key) -> Option<Stored<V>> {
+        self.l1.as_ref()?.get_entry(key)
+    }
+
+    /// The L2 entry of `key`; L2 failures (and an open circuit) read as a miss, counted.
+    pub(crate) async fn l2_entry(&self, key: &Key) -> Option<Stored<V>> {
+        let l2 = self.l2.as_ref()?;
+        if !self.breaker.allow() {
+            self.counters.bump_l2_skipped();
+            return None;
+        }
+        match l2.get(key).await {
+            Ok(found) => {
+                self.breaker.success();
+                if found.is_some() {
+                    self.counters.bump_l2_hits();
+                } else {
+                    self.counters.bump_l2_misses();
+                }
+                found
+            }
+            Err(error) => {
+                self.breaker.failure();
+                self.counters.bump_l2_errors();
+                tracing::debug!(%key, %error, "L2 read failed; reading as a miss");
+                None
+            }
+        }
+    }
+
+    /// The L2 entries of `keys`, in order (one MGET on Redis); failures read as misses.
+    pub(crate) async fn l2_entries(&self, keys: &[Key]) -> Vec<Option<Stored<V>>> {
+        let misses = || keys.iter().map(|_| None).collect();
+        let Some(l2) = self.l2.as_ref() else {
+            return misses();
+        };
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        if !self.breaker.allow() {
+            self.counters.bump_l2_skipped();
+            return misses();
+        }
+        match l2.get_many(keys).await {
+            Ok(found) if found.len() == keys.len() => {
+                self.breaker.success();
+                for entry in &found {
+                    if entry.is_some() {
+                        self.counters.bump_l2_hits();
+                    } else {
+                        self.counters.bump_l2_misses();
+                    }
+                }
+                found
+            }
+            Ok(_) | Err(_) => {
+                self.breaker.failure();
+                self.counters.bump_l2_errors();
+                misses()
+            }
+        }
+    }
+
+    /// Copies an L2 hit into L1, unless a write of the key began since `ticket` was taken.
+    pub(crate) fn refill(&self, ticket: &Ticket, entry: &Stored<V>) {
+        let Some(l1) = &self.l1 else { return };
+        if ticket
+            .commit(|| l1.set_entry(ticket.key(), entry.clone()))
+            .is_none()
+        {
+            self.counters.bump_stores_skipped();
+        }
+    }
+
+    /// Stores a loaded entry: L1 at once, L2 through the key's lane, unless a write of the key
+    /// began since `ticket` was taken. With no L1, waits until L2 has it (L2 is the only copy).
+    pub(crate) async fn store(&self, ticket: &Ticket, entry: Stored<V>) {
+        let key = ticket.key();
+        let committed = ticket.commit(|| {
+            if let Some(l1) = &self.l1 {
+                l1.set_entry(key, entry.clone());
+            }
+            let Some(lanes) = &self.lanes else {
+                return (None, Leftover::none());
+            };
+            let (done, landing) = match self.l1 {
+                Some(_) => (None, None),
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    (Some(tx), Some(rx))
+                }
+            };
+            let write = Queued {
+                op: L2Op::Set(entry),
+                done,
+                ticket: None,
+            };
+            (landing, lanes.enqueue(key, write))
+        });
+        let Some((landing, leftover)) = committed else {
+            self.counters.bump_stores_skipped();
+            return;
+        };
+        leftover.complete();
+        if let Some(landing) = landing
+            && let Err(error) = landed(landing).await
+        {
+            tracing::debug!(%key, %error, "storing a loaded value in L2 failed; serving it anyway");
+        }
+    }
+
+    /// Sets (`Some`) or deletes (`None`) `key` in every tier; returns once L2 has it. Loads of the
+    /// key that began before, or while it was landing, do not store. `true` when a delete found
+    /// the key in a tier.
+    pub(crate) async fn write(&self, key: &Key, entry: Option<Stored<V>>) -> Result<bool> {
+        let (removed, landing, leftover, ticket) =
+            self.versions.begin_write_with(key, |ticket| self.apply(key, entry, ticket));
+        self.finish_write(removed, landing, leftover, ticket).await
+    }
+
+    /// Write-through's write: stores `entry` if no other write of the key began since `ticket`
+    /// was taken (before the source write), else deletes the key (the two writes raced at the
+    /// source, in an order the cache cannot know). `true` when it stored.
+    pub(crate) async fn write_after(
+        &self,
+        ticket: &Ticket,
+        entry: Option<Stored<V>>,
+    ) -> Result<bool> {
+        let key = ticket.key();
+        let (stored, (removed, landing, leftover, write)) =
+            self.versions.begin_write_after(ticket, |current, write| {
+                let entry = entry.filter(|_| current);
+                (current && entry.is_some(), self.apply(key, entry, write))
+            });
+        self.finish_write(removed, landing, leftover, write).await?;
+        Ok(stored)
+    }
+
+    /// Writes L1 and queues L2, under the key's lock in the version table.
+    #[allow(clippy::type_complexity, reason = "a private tuple of what the lock hands out")]
+    fn apply(
+        &self,
+        key: &Key,
+        entry: Option<Stored<V>>,
+        ticket: WriteTicket,
+    ) -> (
+        bool,
+        Option<oneshot::Receiver<Result<bool>>>,
+        Leftover<V>,
+        Option<WriteTicket>,
+    ) {
+        let removed = match (&self.l1, &entry) {
+            (Some(l1), Some(entry)) => {
+                l1.set_entry(key, entry.clone());
+                false
+            }
+            (Some(l1), None) => l1.remove_entry(key),
+            (None, _) => false,
+        };
+        let Some(lanes) = &self.lanes else {
+            return (removed, None, Leftover::none(), Some(ticket));
+        };
+        let (tx, rx) = oneshot::channel();
+        let op = match entry {
+            Some(entry) => L2Op::Set(entry),
+            None => L2Op::Delete,
+        };
+        let write = Queued {
+            op,
+            done: Some(tx),
+            ticket: Some(ticket),
+        };
+        (removed, Some(rx), lanes.enqueue(key, write), None)
+    }
+
+    async fn finish_write(
+        &self,
+        removed: bool,
+        landing: Option<oneshot::Receiver<Result<bool>>>,
+        leftover: Leftover<V>,
+        ticket: Option<WriteTicket>,
+    ) -> Result<bool> {
+        leftover.complete();
+        if let Some(ticket) = ticket {
+            ticket.finish(|| ());
+        }
+        match landing {
+            Some(landing) => Ok(landed(landing).await? || removed),
+            None => Ok(removed),
+        }
+    }
+
+    /// Removes every key of `namespace` from every tier; loads of its keys that began before, or
+    /// while the clear ran, do not store. Returns how many keys were removed.
+    pub(crate) async fn clear(&self, namespace: &Namespace) -> Result<u64> {
+        let mut removed = 0;
+        let ticket = self.versions.begin_clear(namespace, || {
+            if let Some(l1) = &self.l1 {
+                removed = l1.remove_namespace(namespace);
+            }
+        });
+        let mut result = Ok(());
+        if let (Some(l2), Some(lanes)) = (&self.l2, &self.lanes) {
+            // L2 writes of the namespace queued before the clear must land before it.
+            lanes.settle(namespace, CLEAR_SETTLE).await;
+            match l2.clear(namespace).await {
+                Ok(n) => removed = removed.max(n),
+                Err(error) => {
+                    self.counters.bump_l2_write_failures();
+                    result = Err(error.context(format!("clearing {} in L2", namespace.scope())));
+                }
+            }
+        }
+        ticket.finish(|| ());
+        result.map(|()| removed)
+    }
+
+    /// Keys with L2 writes in flight, waiting or being retried.
+    pub(crate) fn pending_writes(&self) -> usize {
+        self.lanes.as_ref().map_or(0, |lanes| lanes.active())
+    }
+
+    /// Waits until every L2 write landed, at most `timeout`; returns how many keys still wait.
+    pub(crate) async fn drain(&self, timeout: Duration) -> usize {
+        match &self.lanes {
+            Some(lanes) => lanes.drain(timeout).await,
+            None => 0,
+        }
+    }
+}
