@@ -76,7 +76,9 @@ impl Default for Versions {
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a few map operations and the caller's short, non-panicking
     // closure; a poisoned lock is used as it is.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Versions {
@@ -166,7 +168,11 @@ impl Versions {
 
     /// Begins a clear of `namespace`: like a write of every key in it. `apply` runs with every
     /// shard locked (remove the in-process tier's keys of the namespace there).
-    pub fn begin_clear(self: &Arc<Self>, namespace: &Namespace, apply: impl FnOnce()) -> ClearTicket {
+    pub fn begin_clear(
+        self: &Arc<Self>,
+        namespace: &Namespace,
+        apply: impl FnOnce(),
+    ) -> ClearTicket {
         let id = self.next_clear.fetch_add(1, Ordering::Relaxed);
         let mut shards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(locked).collect();
         for shard in &mut shards {
@@ -283,7 +289,9 @@ pub struct WriteTicket {
 
 impl fmt::Debug for WriteTicket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteTicket").field("key", &self.key).finish()
+        f.debug_struct("WriteTicket")
+            .field("key", &self.key)
+            .finish()
     }
 }
 

@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use layercache_core::{
-    Backend, Clock, Codec, Entry, Error, JsonCodec, Key, Namespace, Result, SharedClock,
-    CoarseClock, Timestamp, async_trait, envelope,
+    Backend, Clock, CoarseClock, Codec, Entry, Error, JsonCodec, Key, Namespace, Result,
+    SharedClock, Timestamp, async_trait, envelope,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;

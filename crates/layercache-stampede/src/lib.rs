@@ -33,7 +33,7 @@ mod single_flight;
 
 pub use early::{DEFAULT_BETA, EarlyExpiry, RandomSource, SeededRandom, ThreadRandom};
 pub use lock::{
-    DEFAULT_LEASE, DEFAULT_LOCK_MAX_WAIT, DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX, Backoff, DistributedLock,
-    LockGuard, LockOptions, OnLockTimeout,
+    Backoff, DEFAULT_LEASE, DEFAULT_LOCK_MAX_WAIT, DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX,
+    DistributedLock, LockGuard, LockOptions, OnLockTimeout,
 };
 pub use single_flight::{DEFAULT_MAX_WAIT, SingleFlight, SingleFlightStats, Waiter};

@@ -1,21 +1,22 @@
-//! Caching strategies for layercache, over any [`Backend`](layercache_core::Backend) and the core
-//! [`Loader`](layercache_core::Loader) / [`Writer`](layercache_core::Writer) traits.
+//! Caching strategies for layercache: thin adapters that join the one cache
+//! ([`TieredCache`](layercache_tiered::TieredCache), over any backend) and the source of truth
+//! ([`Loader`](layercache_core::Loader) / [`Writer`](layercache_core::Writer)). Cache-aside is the
+//! cache itself (`TieredCache::get_or_load`).
 //!
 //! | strategy | reads | writes |
 //! |---|---|---|
-//! | [`CacheAside`] | the caller reads the cache, loads on a miss (`get_or_load`), stores | the caller writes the source, then sets or deletes the cache |
+//! | cache-aside (`TieredCache`) | the caller reads the cache, loads on a miss (`get_or_load`), stores | the caller writes the source, then sets or deletes the cache |
 //! | [`ReadThrough`] | the cache owns its loader; batches misses into one `load_many` | — |
 //! | [`WriteThrough`] | through the cache | source first, then the cache, with no stale window |
 //! | `WriteBehind` | through the cache | the cache now, the source later in coalesced batches; durable mode journals every write in a Redis Stream first |
 //!
-//! All of them cache the source's "absent" (negative caching) with a short TTL, coalesce concurrent
-//! loads (single-flight) and never let a cache failure fail a read.
+//! `ReadThrough` and `WriteThrough` take the `TieredCache` itself; `WriteBehind` takes any
+//! `Backend`, so give it `Arc::new(cache.as_backend())` to make its cache writes the cache's own
+//! (they then invalidate the cache's loads in flight like any other write).
 
-mod cache_aside;
 mod read_through;
 mod write_through;
 
-pub use cache_aside::{AbsentAsValue, CacheAside, CacheAsideBuilder, DEFAULT_NEGATIVE_TTL};
 pub use read_through::ReadThrough;
 pub use write_through::{WriteThrough, WriteThroughStats};
 

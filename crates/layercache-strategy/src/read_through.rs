@@ -1,22 +1,32 @@
-//! Read-through: the cache owns its loader; reads never see the source directly.
+//! Read-through: the cache owns its loader; callers only read.
 
 use std::fmt;
 use std::sync::Arc;
 
 use layercache_core::{Key, Loader, Result};
+use layercache_tiered::TieredCache;
 
-use crate::cache_aside::{AbsentAsValue, CacheAside};
-
-/// A cache that owns its loader: [`get`](Self::get) loads on a miss, and
-/// [`get_many`](Self::get_many) reads all keys in one batch and loads all misses with one
-/// [`Loader::load_many`] call.
+/// Read-through over a [`TieredCache`]: the cache owns its [`Loader`], so callers only name keys.
+/// A thin adapter: every read is the cache's own pipeline (`get_or_load_from`, `get_many`), so it
+/// shares the cache's single-flight, timeouts, fail-safe and per-key version table with every
+/// other user of the same cache.
 ///
-/// Negative caching, TTLs, single-flight and the other guards are those of the [`CacheAside`] it
-/// is built on.
+/// ```
+/// use std::sync::Arc;
+/// use layercache_core::{Key, loader_fn};
+/// use layercache_strategy::ReadThrough;
+/// use layercache_tiered::TieredCache;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let cache: TieredCache<usize> = TieredCache::builder().build()?;
+/// let lengths = ReadThrough::new(cache, Arc::new(loader_fn(|key: Key| async move { Ok(Some(key.as_str().len())) })));
+/// assert_eq!(lengths.get(&Key::new("abc")?).await?, Some(3));
+/// # Ok::<(), layercache_core::Error>(())
+/// # }).unwrap();
+/// ```
 pub struct ReadThrough<V, L: ?Sized> {
-    cache: CacheAside<V>,
+    cache: TieredCache<V>,
     loader: Arc<L>,
-    batch_loader: Arc<AbsentAsValue<L>>,
 }
 
 impl<V, L: ?Sized> Clone for ReadThrough<V, L> {
@@ -24,7 +34,6 @@ impl<V, L: ?Sized> Clone for ReadThrough<V, L> {
         ReadThrough {
             cache: self.cache.clone(),
             loader: Arc::clone(&self.loader),
-            batch_loader: Arc::clone(&self.batch_loader),
         }
     }
 }
@@ -42,33 +51,23 @@ where
     V: Clone + Send + Sync + 'static,
     L: Loader<V> + ?Sized + 'static,
 {
-    /// A read-through cache over `cache`, loading with `loader`.
-    pub fn new(cache: CacheAside<V>, loader: Arc<L>) -> Self {
-        let batch_loader = Arc::new(AbsentAsValue(Arc::clone(&loader)));
-        ReadThrough {
-            cache,
-            loader,
-            batch_loader,
-        }
+    /// Read-through over `cache`, loading with `loader`.
+    pub fn new(cache: TieredCache<V>, loader: Arc<L>) -> Self {
+        ReadThrough { cache, loader }
     }
 
     /// The cache underneath.
-    pub fn cache(&self) -> &CacheAside<V> {
+    pub fn cache(&self) -> &TieredCache<V> {
         &self.cache
     }
 
-    /// The value of `key`, loaded on a miss.
+    /// The value of `key`.
     pub async fn get(&self, key: &Key) -> Result<Option<V>> {
-        self.cache.get_or_load(key, &self.loader).await
+        self.cache.get_or_load_from(key, &self.loader).await
     }
 
-    /// The values of `keys`, in order: one batched cache read, one batched load of the misses.
+    /// The values of `keys`, in order; the misses are loaded with one `load_many`.
     pub async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<V>>> {
-        let values = self
-            .cache
-            .guarded()
-            .get_many_or_load(keys, &self.batch_loader)
-            .await?;
-        Ok(values.into_iter().map(Option::flatten).collect())
+        self.cache.get_many(keys, &self.loader).await
     }
 }

@@ -3,11 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use layercache_core::{Key, Loader, Result, Writer};
-
-use crate::cache_aside::CacheAside;
+use layercache_tiered::TieredCache;
 
 /// Counters of a [`WriteThrough`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -17,9 +15,11 @@ pub struct WriteThroughStats {
     pub writes: u64,
     /// Writes the source refused (the cache was left untouched).
     pub source_errors: u64,
-    /// Cache updates that failed after a successful source write (the key was then removed from
-    /// the cache, or, if that failed too, left to expire).
+    /// Cache updates that failed after a successful source write (reported to the caller).
     pub cache_write_failures: u64,
+    /// Cache updates that removed the key instead of storing it, because another write of the key
+    /// raced this one at the source.
+    pub raced: u64,
 }
 
 #[derive(Debug, Default)]
@@ -27,21 +27,25 @@ struct Counters {
     writes: AtomicU64,
     source_errors: AtomicU64,
     cache_write_failures: AtomicU64,
+    raced: AtomicU64,
 }
 
-/// Write-through over a [`CacheAside`]: [`put`](Self::put) writes the source, then the cache;
-/// [`get`](Self::get) reads through the cache.
+/// Write-through over a [`TieredCache`]: [`put`](Self::put) writes the source, then the cache;
+/// [`get`](Self::get) reads through the cache. A thin adapter: its cache writes are the cache's
+/// own, checked against the cache's per-key version table.
 ///
-/// - A source write that fails leaves the cache untouched and returns the error.
-/// - A cache write that fails after the source write succeeded removes the key from the cache, so
-///   no stale value stays; it is reported in [`WriteThroughStats::cache_write_failures`] and the
-///   log, and `put` still returns `Ok` (the source of truth has the value).
-/// - No window: a put holds its key's write lock from the source write to the cache write and
-///   invalidates the loads that began before it (see `docs/adr/0005-write-generations.md`), so
-///   once `put` returns no concurrent reader of this process can store the old value again, and
-///   puts of one key reach the source and the cache in the same order.
+/// - **No lock across the source write.** A put claims its key in the cache's version table
+///   ([`TieredCache::begin_write`]) before writing the source, then writes the cache with that
+///   claim ([`TieredCache::set_after`]). If another write of the key began meanwhile, the two
+///   raced at the source in an order the cache cannot know, so the put removes the key instead of
+///   storing (the next read loads what the source kept). Loads of unrelated keys never wait.
+/// - **Invalidation wins.** Loads that read the source before the put changed it do not store
+///   their value once the put returns.
+/// - A source write that fails leaves the cache untouched and returns the error. A cache write
+///   that fails after the source write succeeded is returned too (the source has the value; the
+///   cache's own retry removes the stale L2 copy), and counted.
 pub struct WriteThrough<V, L: ?Sized, W: ?Sized> {
-    cache: CacheAside<V>,
+    cache: TieredCache<V>,
     loader: Arc<L>,
     writer: Arc<W>,
     counters: Arc<Counters>,
@@ -73,7 +77,7 @@ where
     W: Writer<V> + ?Sized + 'static,
 {
     /// Write-through over `cache`, reading with `loader` and writing with `writer`.
-    pub fn new(cache: CacheAside<V>, loader: Arc<L>, writer: Arc<W>) -> Self {
+    pub fn new(cache: TieredCache<V>, loader: Arc<L>, writer: Arc<W>) -> Self {
         WriteThrough {
             cache,
             loader,
@@ -83,66 +87,62 @@ where
     }
 
     /// The cache underneath.
-    pub fn cache(&self) -> &CacheAside<V> {
+    pub fn cache(&self) -> &TieredCache<V> {
         &self.cache
     }
 
     /// The counters so far.
     pub fn stats(&self) -> WriteThroughStats {
+        let c = &self.counters;
         WriteThroughStats {
-            writes: self.counters.writes.load(Ordering::Relaxed),
-            source_errors: self.counters.source_errors.load(Ordering::Relaxed),
-            cache_write_failures: self.counters.cache_write_failures.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            source_errors: c.source_errors.load(Ordering::Relaxed),
+            cache_write_failures: c.cache_write_failures.load(Ordering::Relaxed),
+            raced: c.raced.load(Ordering::Relaxed),
         }
     }
 
     /// The value of `key`, through the cache.
     pub async fn get(&self, key: &Key) -> Result<Option<V>> {
-        self.cache.get_or_load(key, &self.loader).await
+        self.cache.get_or_load_from(key, &self.loader).await
     }
 
     /// Writes `value` to the source, then to the cache.
     pub async fn put(&self, key: &Key, value: V) -> Result<()> {
-        let entry = self.cache.options().entry(
-            Some(value.clone()),
-            self.cache.clock().now(),
-            Duration::ZERO,
-        )?;
-        let guard = self.cache.guarded().write_lock(key).await;
+        let intent = self.cache.begin_write(key);
         if let Err(error) = self.writer.write(key, &value).await {
             self.counters.source_errors.fetch_add(1, Ordering::Relaxed);
             return Err(error);
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        guard.invalidate_loads();
-        if let Err(error) = self.cache.backend().set(key, entry).await {
-            self.cache_failed(key, error).await;
-        }
-        Ok(())
+        self.update_cache(self.cache.set_after(intent, Some(value)).await)
     }
 
-    /// Removes `key` from the source, then from the cache.
+    /// Removes `key` from the source, then from the cache (a cached absence when negative caching
+    /// is on).
     pub async fn delete(&self, key: &Key) -> Result<()> {
-        let guard = self.cache.guarded().write_lock(key).await;
+        let intent = self.cache.begin_write(key);
         if let Err(error) = self.writer.remove(key).await {
             self.counters.source_errors.fetch_add(1, Ordering::Relaxed);
             return Err(error);
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        guard.invalidate_loads();
-        if let Err(error) = self.cache.backend().delete(key).await {
-            self.cache_failed(key, error).await;
-        }
-        Ok(())
+        self.update_cache(self.cache.set_after(intent, None).await)
     }
 
-    async fn cache_failed(&self, key: &Key, error: layercache_core::Error) {
-        self.counters
-            .cache_write_failures
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%key, %error, "cache update after a source write failed; removing the key");
-        if let Err(error) = self.cache.backend().delete(key).await {
-            tracing::warn!(%key, %error, "could not remove the key either; it expires with its TTL");
+    fn update_cache(&self, result: Result<bool>) -> Result<()> {
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.counters.raced.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                self.counters
+                    .cache_write_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(error.context("the source has the write, the cache update failed"))
+            }
         }
     }
 }

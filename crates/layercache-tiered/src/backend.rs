@@ -29,7 +29,10 @@ impl<V: Clone + Send + Sync + 'static> Backend<V> for TieredBackend<V> {
     }
 
     async fn set(&self, key: &Key, entry: Entry<V>) -> Result<()> {
-        self.0.write_entry(key, Some(entry.map(Some))).await.map(|_| ())
+        self.0
+            .write_entry(key, Some(entry.map(Some)))
+            .await
+            .map(|_| ())
     }
 
     async fn delete(&self, key: &Key) -> Result<bool> {

@@ -246,7 +246,10 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
         if let Some(negative) = &self.negative {
             negative.validate()?;
         }
-        if self.l1 && (self.l1_max_entries == 0 || self.l1_max_bytes.as_ref().is_some_and(|(b, _)| *b == 0)) {
+        if self.l1
+            && (self.l1_max_entries == 0
+                || self.l1_max_bytes.as_ref().is_some_and(|(b, _)| *b == 0))
+        {
             return Err(Error::config("the L1 bound must be at least 1"));
         }
         if self.l1_ttl_cap.is_zero() || self.l2_timeout.is_zero() || self.max_wait.is_zero() {

@@ -51,10 +51,12 @@ impl WarmReport {
 
     /// The keys that failed, with their errors.
     pub fn failed(&self) -> impl Iterator<Item = (&Key, &Error)> {
-        self.items.iter().filter_map(|(key, outcome)| match outcome {
-            WarmOutcome::Failed(error) => Some((key, error)),
-            _ => None,
-        })
+        self.items
+            .iter()
+            .filter_map(|(key, outcome)| match outcome {
+                WarmOutcome::Failed(error) => Some((key, error)),
+                _ => None,
+            })
     }
 
     fn count(&self, f: impl Fn(&WarmOutcome) -> bool) -> usize {
@@ -83,7 +85,9 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                 Some(entry) if entry.meta.is_fresh(now) => {
                     counters.bump_l1_hits();
                     counters.bump_hits();
-                    self.on_hit(key, &entry, options, now, || from_loader(Arc::clone(loader)));
+                    self.on_hit(key, &entry, options, now, || {
+                        from_loader(Arc::clone(loader))
+                    });
                     out[i] = Some(Ok(entry.value));
                 }
                 found => {

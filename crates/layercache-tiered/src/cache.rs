@@ -194,8 +194,11 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         for wave in keys.chunks(DEFAULT_WARM_BATCH * DEFAULT_WARM_CONCURRENCY) {
             let mut batches = tokio::task::JoinSet::new();
             for (index, batch) in wave.chunks(DEFAULT_WARM_BATCH).enumerate() {
-                let (runtime, loader, batch) =
-                    (Arc::clone(&self.runtime), Arc::clone(loader), batch.to_vec());
+                let (runtime, loader, batch) = (
+                    Arc::clone(&self.runtime),
+                    Arc::clone(loader),
+                    batch.to_vec(),
+                );
                 batches.spawn(async move {
                     let results = runtime
                         .get_many_each(&batch, &runtime.options, &loader)
@@ -291,7 +294,9 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
                     first_error.get_or_insert(error);
                 }
                 Err(error) => {
-                    first_error.get_or_insert(Error::unavailable("a delete task failed").with_source(error));
+                    first_error.get_or_insert(
+                        Error::unavailable("a delete task failed").with_source(error),
+                    );
                 }
             }
         }
@@ -337,10 +342,11 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
     /// the cache cannot know, so the next read loads the source's). `true` when it stored.
     pub async fn set_after(&self, intent: WriteIntent, value: Option<V>) -> Result<bool> {
         let entry = match value {
-            Some(value) => self
-                .runtime
-                .options
-                .entry(Some(value), self.runtime.now(), Duration::ZERO)?,
+            Some(value) => {
+                self.runtime
+                    .options
+                    .entry(Some(value), self.runtime.now(), Duration::ZERO)?
+            }
             None => match &self.runtime.negative {
                 Some(negative) => negative.entry(None, self.runtime.now(), Duration::ZERO)?,
                 None => return self.runtime.tiers.write_after(&intent.0, None).await,

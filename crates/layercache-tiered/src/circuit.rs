@@ -107,7 +107,6 @@ impl CircuitBreaker {
         }
     }
 
-
     pub(crate) fn current(&self) -> CircuitState {
         match *self.state() {
             State::Closed { .. } => CircuitState::Closed,

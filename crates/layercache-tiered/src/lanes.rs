@@ -111,7 +111,9 @@ impl<V> fmt::Debug for Lanes<V> {
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<V: Clone + Send + Sync + 'static> Lanes<V> {

@@ -125,7 +125,12 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         make_load: impl FnOnce() -> LoadFn<V>,
     ) {
         let started = self.flights.spawn_if_idle(key, || {
-            Arc::clone(self).lead(key.clone(), options.clone(), Some(seen.clone()), make_load())
+            Arc::clone(self).lead(
+                key.clone(),
+                options.clone(),
+                Some(seen.clone()),
+                make_load(),
+            )
         });
         if started {
             self.tiers.counters.bump_refreshes();

@@ -203,8 +203,9 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
     /// key that began before, or while it was landing, do not store. `true` when a delete found
     /// the key in a tier.
     pub(crate) async fn write(&self, key: &Key, entry: Option<Stored<V>>) -> Result<bool> {
-        let (removed, landing, leftover, ticket) =
-            self.versions.begin_write_with(key, |ticket| self.apply(key, entry, ticket));
+        let (removed, landing, leftover, ticket) = self
+            .versions
+            .begin_write_with(key, |ticket| self.apply(key, entry, ticket));
         self.finish_write(removed, landing, leftover, ticket).await
     }
 
@@ -227,7 +228,10 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
     }
 
     /// Writes L1 and queues L2, under the key's lock in the version table.
-    #[allow(clippy::type_complexity, reason = "a private tuple of what the lock hands out")]
+    #[allow(
+        clippy::type_complexity,
+        reason = "a private tuple of what the lock hands out"
+    )]
     fn apply(
         &self,
         key: &Key,

@@ -7,10 +7,10 @@
 //! | feature   | default | brings                                          |
 //! |-----------|---------|-------------------------------------------------|
 //! | `moka`    | yes     | [`moka::MokaBackend`], the in-process tier      |
-//! | `redis`   | no      | `redis::RedisBackend`, the shared tier          |
-//! | `stampede`| no      | `stampede`: single-flight, distributed lock, XFetch, `GuardedCache` |
-//! | `strategy`| no      | `strategy`: cache-aside, read-through, write-through, write-behind |
-//! | `tiered`  | no      | `TieredCache`: L1 + L2 with everything composed (the main entry point) |
+//! | `redis`   | no      | `redis::RedisBackend`, the shared tier (and Redis as `TieredCache`'s L2) |
+//! | `stampede`| no      | `stampede`: single-flight, distributed lock, XFetch |
+//! | `strategy`| no      | `strategy`: read-through, write-through, write-behind over the cache |
+//! | `tiered`  | no      | `TieredCache`: the one cache, L1 + optional L2, everything composed (the main entry point); no Redis unless `redis` is on |
 //! | `metrics` | no      | `TieredCache::publish_metrics` through the `metrics` facade |
 //! | `msgpack` | no      | `MsgPackCodec`, a compact binary codec          |
 //!
@@ -74,8 +74,8 @@ pub mod tiered {
 
 #[cfg(feature = "tiered")]
 #[doc(inline)]
-pub use layercache_tiered::{TieredCache, TieredCacheBuilder, TieredStats};
+pub use layercache_tiered::{Loaded, TieredCache, TieredCacheBuilder, TieredStats};
 
-#[cfg(all(doctest, feature = "tiered"))]
+#[cfg(all(doctest, feature = "tiered", feature = "redis"))]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
