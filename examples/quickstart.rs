@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use layercache::{EntryOptions, Key, KeySpace, TieredCache, loader_fn};
+use layercache::{EntryOptions, Key, KeySpace, TieredCache};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -36,19 +36,17 @@ async fn main() -> layercache::Result<()> {
         .options(EntryOptions::new(Duration::from_secs(60)).with_jitter(Duration::from_secs(5)))
         .build()?;
     let loads = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    // The loader of one key: the slow source, counted. Any error type works; this one never fails.
     let source = {
         let (loads, products) = (loads.clone(), products.clone());
-        Arc::new(loader_fn(move |key: Key| {
+        move |key: Key| {
             let (loads, products) = (loads.clone(), products.clone());
             async move {
                 loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let id = products
-                    .id_of(&key)
-                    .and_then(|id| id.parse().ok())
-                    .unwrap_or(0);
-                Ok(Some(load_product(id).await))
+                let id = products.id_of(&key).and_then(|id| id.parse().ok()).unwrap_or(0);
+                Ok::<_, std::convert::Infallible>(Some(load_product(id).await))
             }
-        }))
+        }
     };
 
     for round in 1..=3 {
@@ -56,11 +54,11 @@ async fn main() -> layercache::Result<()> {
             let key = products.key(&id.to_string())?;
             let before = cache.stats();
             let started = Instant::now();
-            let Some(product) = cache.get_or_load(&key, &source).await? else {
+            let Some(product) = cache.get_or_load(&key, source.clone()).await? else {
                 println!("round {round}: {key} is not in the source");
                 continue;
             };
-            let hit = cache.stats().l1_hits > before.l1_hits;
+            let hit = cache.stats().hits > before.hits;
             println!(
                 "round {round}: {key:<22} {:<4} {:>10.3?}  {} at {}.{:02}",
                 if hit { "hit" } else { "miss" },
@@ -78,7 +76,7 @@ async fn main() -> layercache::Result<()> {
     let readers: Vec<_> = (0..10)
         .map(|_| {
             let (cache, source, key) = (cache.clone(), source.clone(), key.clone());
-            tokio::spawn(async move { cache.get_or_load(&key, &source).await })
+            tokio::spawn(async move { cache.get_or_load(&key, source).await })
         })
         .collect();
     for reader in readers {
@@ -94,10 +92,12 @@ async fn main() -> layercache::Result<()> {
 
     let stats = cache.stats();
     println!(
-        "hits: {}, misses: {}, coalesced: {}, hit ratio: {:.0}%",
-        stats.l1_hits,
-        stats.l1_misses,
+        "{} reads: {} hits, {} loads, {} waited for another caller's load ({} source calls in all); hit ratio {:.0}%",
+        stats.reads(),
+        stats.hits,
+        stats.misses,
         stats.coalesced,
+        stats.loads,
         stats.hit_ratio() * 100.0
     );
     Ok(())

@@ -5,7 +5,11 @@
 mod bulk;
 mod configurations;
 mod faults;
+mod latency;
+mod linearizable;
+mod memory;
 mod metrics;
+mod symptoms;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
