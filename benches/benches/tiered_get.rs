@@ -202,14 +202,14 @@ fn tiered_get(c: &mut Criterion) {
         // Every id must read the same kind of value: check one read of each.
         assert_eq!(moka_raw.get(&moka_key).await.as_ref(), Some(&payload));
         let hit = l1_cache
-            .get_or_load(&l1_key, &loader)
+            .get_or_load_from(&l1_key, &loader)
             .await
             .expect("l1 hit");
         assert_eq!(hit.as_ref(), Some(&payload));
         assert_eq!(l1_cache.stats().l1_hits, 1);
         let cache = fresh_cache(&fx).await;
         let hit = cache
-            .get_or_load(&fx.l2_keys[3], &loader)
+            .get_or_load_from(&fx.l2_keys[3], &loader)
             .await
             .expect("l2 hit");
         assert_eq!(hit, Some(Payload::new(3)));
@@ -231,7 +231,7 @@ fn tiered_get(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             black_box(
                 l1_cache
-                    .get_or_load(black_box(&l1_key), &loader)
+                    .get_or_load_from(black_box(&l1_key), &loader)
                     .await
                     .unwrap(),
             )
@@ -268,7 +268,7 @@ fn tiered_get(c: &mut Criterion) {
                     let cache = fresh_cache(fx).await;
                     let start = Instant::now();
                     for key in &fx.l2_keys[..batch] {
-                        black_box(cache.get_or_load(key, loader).await.unwrap().unwrap());
+                        black_box(cache.get_or_load_from(key, loader).await.unwrap().unwrap());
                     }
                     elapsed += start.elapsed();
                     let stats = cache.stats();
@@ -339,7 +339,7 @@ fn tiered_get(c: &mut Criterion) {
                     let cache = fresh_cache(fx).await;
                     let start = Instant::now();
                     for key in bulk_keys {
-                        black_box(cache.get_or_load(key, loader).await.unwrap().unwrap());
+                        black_box(cache.get_or_load_from(key, loader).await.unwrap().unwrap());
                     }
                     elapsed += start.elapsed();
                     let stats = cache.stats();

@@ -136,8 +136,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
     where
         L: Loader<V> + ?Sized + 'static,
     {
-        let loader = Arc::clone(loader);
-        self.read(key, &self.runtime.options, move || from_loader(loader))
+        self.read(key, &self.runtime.options, || from_loader(Arc::clone(loader)))
             .await
     }
 

@@ -1,17 +1,10 @@
-//! XFetch early expiry: the refresh rate follows the formula, and steady traffic never waits.
+//! XFetch early expiry: the refresh rate follows the formula. (How `TieredCache` refreshes in the
+//! background with it is tested in `layercache-tiered`.)
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use layercache_core::{
-    Backend, Clock, Entry, EntryMeta, EntryOptions, Key, ManualClock, Namespace, Result, Timestamp,
-    async_trait,
-};
-use layercache_moka::MokaBackend;
-use layercache_stampede::{EarlyExpiry, GuardedCache, SeededRandom};
-use tokio::sync::mpsc;
-
-use crate::CountingLoader;
+use layercache_core::{EntryMeta, Timestamp};
+use layercache_stampede::{DEFAULT_BETA, EarlyExpiry, SeededRandom};
 
 /// At a time `g` before expiry, with load cost `delta` and `beta = 1`, XFetch refreshes with
 /// probability `exp(-g / delta)`. With 20,000 draws per point, the observed rate must be within
@@ -59,85 +52,22 @@ fn a_larger_beta_refreshes_earlier() {
     assert!(p3 > p1 * 5.0, "{p1} {p3}");
 }
 
-/// A backend that reports every `set`, so the test can wait for a background refresh to land.
-#[derive(Debug)]
-struct Signalling {
-    inner: MokaBackend<String>,
-    sets: mpsc::UnboundedSender<Key>,
-}
-
-#[async_trait]
-impl Backend<String> for Signalling {
-    async fn get(&self, key: &Key) -> Result<Option<Entry<String>>> {
-        self.inner.get(key).await
-    }
-    async fn set(&self, key: &Key, entry: Entry<String>) -> Result<()> {
-        self.inner.set(key, entry).await?;
-        let _ = self.sets.send(key.clone());
-        Ok(())
-    }
-    async fn delete(&self, key: &Key) -> Result<bool> {
-        self.inner.delete(key).await
-    }
-    async fn clear(&self, namespace: &Namespace) -> Result<u64> {
-        self.inner.clear(namespace).await
-    }
-    fn name(&self) -> &'static str {
-        "signalling"
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn steady_load_across_an_expiry_boundary_never_waits_on_a_miss() {
-    let clock = ManualClock::new(Timestamp::from_millis(1_000_000_000));
-    let (sets_tx, mut sets) = mpsc::unbounded_channel();
-    let backend = Signalling {
-        inner: MokaBackend::builder().clock(clock.clone()).build().unwrap(),
-        sets: sets_tx,
+#[test]
+fn a_seeded_source_makes_the_decisions_repeatable() {
+    let t0 = Timestamp::from_millis(0);
+    let fresh_until = t0 + Duration::from_secs(10);
+    let meta =
+        EntryMeta::new(t0, fresh_until, fresh_until).with_load_cost(Duration::from_millis(100));
+    let now = fresh_until - Duration::from_millis(70);
+    let draws = |seed| {
+        let early = EarlyExpiry::default().with_random(SeededRandom::new(seed));
+        (0..1_000)
+            .map(|_| early.should_refresh(&meta, now))
+            .collect::<Vec<_>>()
     };
-    let ttl = Duration::from_secs(10);
-    let cache = GuardedCache::builder(Arc::new(backend))
-        .clock(clock.clone())
-        .options(EntryOptions::new(ttl))
-        .early_expiry(EarlyExpiry::default().with_random(SeededRandom::new(7)))
-        .build()
-        .unwrap();
-    // A 20 ms load: XFetch's delta.
-    let loader = CountingLoader::new(Duration::from_millis(20));
-    let key = Key::new("hot").unwrap();
-
-    assert_eq!(
-        cache.get_or_load(&key, &loader).await.unwrap().as_deref(),
-        Some("hot#1")
-    );
-    sets.recv().await.unwrap();
-    let first_expiry = clock.now() + ttl;
-
-    // Reads every 2 ms of (manual) time, from 1 s before the first expiry to 1 s after it.
-    clock.advance(ttl - Duration::from_secs(1));
-    let mut values = std::collections::BTreeSet::new();
-    for _ in 0..1_000 {
-        clock.advance(Duration::from_millis(2));
-        let before = cache.stats().early_refreshes;
-        let value = cache.get_or_load(&key, &loader).await.unwrap().unwrap();
-        values.insert(value);
-        if cache.stats().early_refreshes > before {
-            // Let the background refresh land before time moves on, as steady traffic would.
-            sets.recv().await.unwrap();
-        }
-    }
-    assert!(clock.now() > first_expiry + Duration::from_millis(900));
-    // The last refresh's flight ends just after its store.
-    while cache.is_loading(&key) {
-        tokio::task::yield_now().await;
-    }
-    let stats = cache.stats();
-    assert_eq!(
-        stats.misses, 1,
-        "only the cold start waited on a load: {stats:?}"
-    );
-    assert!(stats.early_refreshes >= 1, "{stats:?}");
-    assert_eq!(stats.refreshes_completed, stats.early_refreshes);
-    assert_eq!(loader.calls(), 1 + stats.early_refreshes);
-    assert!(values.len() >= 2, "the value was refreshed: {values:?}");
+    let first = draws(42);
+    assert_eq!(first, draws(42));
+    assert!(first.iter().any(|r| *r) && first.iter().any(|r| !*r));
+    assert_eq!(EarlyExpiry::default().beta(), DEFAULT_BETA);
+    assert_eq!(EarlyExpiry::new(2.5).unwrap().beta(), 2.5);
 }

@@ -90,7 +90,7 @@ async fn sequential_reads_join_a_batch_in_flight() {
         while cache.stats().loads == 0 {
             tokio::task::yield_now().await;
         }
-        cache.get_or_load(&keys[3], &source).await
+        cache.get_or_load_from(&keys[3], &source).await
     });
     assert_eq!(batch.unwrap()[3], single.unwrap());
     assert_eq!(
@@ -114,9 +114,10 @@ async fn warm_up_reports_every_item_and_one_failure_does_not_stop_the_rest() {
     });
     let ns = unique_space().namespace("warm").unwrap();
     let keys: Vec<Key> = (0..100).map(|i| ns.key(&i.to_string()).unwrap()).collect();
-    let report = cache.warm(keys.clone(), &source, 8).await;
+    let report = cache.warm(&keys, &source).await;
     assert_eq!(report.items.len(), 100);
-    assert_eq!(report.ok(), 97);
+    assert_eq!(report.loaded(), 97);
+    assert_eq!(report.absent(), 0);
     let failed: Vec<String> = report.failed().map(|(k, _)| k.to_string()).collect();
     assert_eq!(
         failed,
@@ -124,7 +125,7 @@ async fn warm_up_reports_every_item_and_one_failure_does_not_stop_the_rest() {
     );
     assert!(matches!(report.items[0].1, WarmOutcome::Loaded));
     // The warmed values are in both tiers.
-    cache.flush().await.unwrap();
+    cache.shutdown().await.unwrap();
     let l2 = RedisBackend::connect(server.url()).await.unwrap();
     let stored = Backend::<Option<String>>::get(&l2, &keys[0])
         .await
@@ -136,7 +137,7 @@ async fn warm_up_reports_every_item_and_one_failure_does_not_stop_the_rest() {
     );
     let loads = source.loads();
     assert_eq!(
-        cache.get_or_load(&keys[1], &source).await.unwrap().unwrap(),
+        cache.get_or_load_from(&keys[1], &source).await.unwrap().unwrap(),
         format!("value of {}", keys[1])
     );
     assert_eq!(source.loads(), loads, "a warmed key is a hit");

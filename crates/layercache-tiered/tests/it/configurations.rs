@@ -17,7 +17,7 @@ async fn l1_alone_works_without_any_server() {
     let source = Source::new(Duration::ZERO);
     let key = Key::new("k").unwrap();
     for _ in 0..5 {
-        assert!(cache.get_or_load(&key, &source).await.unwrap().is_some());
+        assert!(cache.get_or_load_from(&key, &source).await.unwrap().is_some());
     }
     assert_eq!(source.loads(), 1);
     let stats = cache.stats();
@@ -38,8 +38,8 @@ async fn l2_alone_shares_values_between_instances() {
     let (a, b) = (build(), build());
     let source = Source::new(Duration::ZERO);
     let key = unique_space().namespace("l2").unwrap().key("k").unwrap();
-    let value = a.get_or_load(&key, &source).await.unwrap();
-    assert_eq!(b.get_or_load(&key, &source).await.unwrap(), value);
+    let value = a.get_or_load_from(&key, &source).await.unwrap();
+    assert_eq!(b.get_or_load_from(&key, &source).await.unwrap(), value);
     assert_eq!(source.loads(), 1, "b read a's value from Redis");
     assert_eq!(b.stats().l2_hits, 1);
 }
@@ -59,11 +59,11 @@ async fn an_l2_hit_fills_l1_and_set_and_delete_reach_both_tiers() {
     a.set(&key, "from a".to_owned()).await.unwrap();
     let source = Source::new(Duration::ZERO);
     assert_eq!(
-        b.get_or_load(&key, &source).await.unwrap().as_deref(),
+        b.get_or_load_from(&key, &source).await.unwrap().as_deref(),
         Some("from a")
     );
     assert_eq!(
-        b.get_or_load(&key, &source).await.unwrap().as_deref(),
+        b.get_or_load_from(&key, &source).await.unwrap().as_deref(),
         Some("from a")
     );
     let stats = b.stats();
@@ -103,7 +103,7 @@ async fn absent_rows_are_cached_negatively() {
     let source = Arc::new(Nothing(Default::default()));
     let key = Key::new("missing").unwrap();
     for _ in 0..10 {
-        assert_eq!(cache.get_or_load(&key, &source).await.unwrap(), None);
+        assert_eq!(cache.get_or_load_from(&key, &source).await.unwrap(), None);
     }
     assert_eq!(source.0.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
@@ -121,13 +121,17 @@ fn invalid_configurations_are_config_errors() {
         .unwrap_err();
     assert_eq!(lock_without_redis.kind(), ErrorKind::Config);
     let bad_fraction = TieredCache::<String>::builder()
-        .eager_refresh(1.5)
+        .options(EntryOptions::new(Duration::from_secs(60)).with_eager_refresh(1.5))
         .build()
         .unwrap_err();
     assert_eq!(bad_fraction.kind(), ErrorKind::Config);
     let bad_timeouts = TieredCache::<String>::builder()
-        .soft_timeout(Duration::from_secs(2))
-        .hard_timeout(Duration::from_secs(1))
+        .options(
+            EntryOptions::new(Duration::from_secs(60))
+                .with_stale_ttl(Duration::from_secs(600))
+                .with_soft_timeout(Duration::from_secs(2))
+                .with_hard_timeout(Duration::from_secs(1)),
+        )
         .build()
         .unwrap_err();
     assert_eq!(bad_timeouts.kind(), ErrorKind::Config);
@@ -137,7 +141,31 @@ fn invalid_configurations_are_config_errors() {
 fn public_types_are_send_and_sync() {
     fn is_send_sync<T: Send + Sync>() {}
     is_send_sync::<TieredCache<String>>();
-    is_send_sync::<layercache_tiered::TieredBackend<Option<String>>>();
+    is_send_sync::<layercache_tiered::TieredBackend<String>>();
     is_send_sync::<layercache_tiered::TieredStats>();
     is_send_sync::<layercache_tiered::WarmReport>();
+}
+
+/// The whole cache (L1 over a real Redis L2) as one [`Backend`]: it passes the conformance suite
+/// every tier passes.
+mod conformance {
+    use std::sync::Arc;
+
+    use layercache_core::ManualClock;
+    use layercache_testkit::RedisServer;
+    use layercache_testkit::conformance::{Sample, Subject};
+    use layercache_tiered::TieredCache;
+
+    async fn setup() -> Subject {
+        let server = RedisServer::start();
+        let clock = ManualClock::starting_now();
+        let cache: TieredCache<Sample> = TieredCache::builder()
+            .redis_url(server.url())
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        Subject::new(Arc::new(cache.as_backend()), clock).with_guard(server)
+    }
+
+    layercache_testkit::backend_conformance!(setup);
 }

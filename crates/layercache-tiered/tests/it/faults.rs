@@ -26,9 +26,10 @@ async fn redis_stopped_for_5_s_under_load_returns_no_error_and_l2_is_used_again_
         // A short L1 cap, so L1 copies expire during the outage and reads need L2 or the source.
         .l1_ttl_cap(Duration::from_millis(500))
         .options(
-            EntryOptions::new(Duration::from_secs(60)).with_stale_ttl(Duration::from_secs(600)),
+            EntryOptions::new(Duration::from_secs(60))
+                .with_stale_ttl(Duration::from_secs(600))
+                .with_fail_safe(Duration::from_secs(1)),
         )
-        .fail_safe(Duration::from_secs(1))
         .build()
         .unwrap();
     let source = Source::new(Duration::from_millis(1));
@@ -36,9 +37,9 @@ async fn redis_stopped_for_5_s_under_load_returns_no_error_and_l2_is_used_again_
     let keys: Arc<Vec<Key>> =
         Arc::new((0..KEYS).map(|i| ns.key(&i.to_string()).unwrap()).collect());
     for key in keys.iter() {
-        cache.get_or_load(key, &source).await.unwrap();
+        cache.get_or_load_from(key, &source).await.unwrap();
     }
-    cache.flush().await.unwrap();
+    cache.shutdown().await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -56,7 +57,7 @@ async fn redis_stopped_for_5_s_under_load_returns_no_error_and_l2_is_used_again_
             tokio::spawn(async move {
                 let mut i = t;
                 while !stop.load(Ordering::Relaxed) {
-                    match cache.get_or_load(&keys[i % KEYS], &source).await {
+                    match cache.get_or_load_from(&keys[i % KEYS], &source).await {
                         Ok(Some(_)) => {}
                         _ => {
                             errors.fetch_add(1, Ordering::Relaxed);
@@ -147,7 +148,7 @@ async fn redis_paused_for_3_s_every_call_returns_within_l2_timeout_plus_loader_t
             let mut i = t * 25;
             while started.elapsed() < Duration::from_secs(3) {
                 let call = Instant::now();
-                let value = cache.get_or_load(&keys[i % keys.len()], &source).await;
+                let value = cache.get_or_load_from(&keys[i % keys.len()], &source).await;
                 let took = call.elapsed();
                 assert!(value.unwrap().is_some());
                 let mut slowest = slowest.lock().unwrap();
@@ -208,22 +209,25 @@ async fn soft_timeout_serves_stale_and_the_load_fills_both_tiers() {
     let cache: TieredCache<String> = TieredCache::builder()
         .redis_url(server.url())
         .clock(clock.clone())
-        .options(EntryOptions::new(Duration::from_secs(10)).with_stale_ttl(Duration::from_secs(60)))
-        .soft_timeout(soft)
-        .hard_timeout(Duration::from_secs(5))
+        .options(
+            EntryOptions::new(Duration::from_secs(10))
+                .with_stale_ttl(Duration::from_secs(60))
+                .with_soft_timeout(soft)
+                .with_hard_timeout(Duration::from_secs(5)),
+        )
         .build()
         .unwrap();
     let source = switchable();
     let key = unique_space().namespace("soft").unwrap().key("k").unwrap();
     assert_eq!(
-        cache.get_or_load(&key, &source).await.unwrap().unwrap(),
+        cache.get_or_load_from(&key, &source).await.unwrap().unwrap(),
         format!("{key} v1")
     );
 
     clock.advance(Duration::from_secs(20)); // stale now
     source.delay_ms.store(1_000, Ordering::SeqCst);
     let started = Instant::now();
-    let value = cache.get_or_load(&key, &source).await.unwrap().unwrap();
+    let value = cache.get_or_load_from(&key, &source).await.unwrap().unwrap();
     let took = started.elapsed();
     assert_eq!(value, format!("{key} v1"), "the stale value");
     assert!(
@@ -241,7 +245,7 @@ async fn soft_timeout_serves_stale_and_the_load_fills_both_tiers() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    cache.flush().await.unwrap();
+    cache.shutdown().await.unwrap();
     let l2 = RedisBackend::builder(server.url())
         .clock(clock.clone())
         .connect()
@@ -258,13 +262,13 @@ async fn soft_timeout_serves_stale_and_the_load_fills_both_tiers() {
 #[tokio::test]
 async fn a_hard_timeout_without_stale_data_is_a_typed_error() {
     let cache: TieredCache<String> = TieredCache::builder()
-        .hard_timeout(Duration::from_millis(50))
+        .options(EntryOptions::default().with_hard_timeout(Duration::from_millis(50)))
         .build()
         .unwrap();
     let source = switchable();
     source.delay_ms.store(1_000, Ordering::SeqCst);
     let err = cache
-        .get_or_load(&Key::new("k").unwrap(), &source)
+        .get_or_load_from(&Key::new("k").unwrap(), &source)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
@@ -276,20 +280,21 @@ async fn fail_safe_serves_stale_values_and_throttles_the_failing_loader() {
     let cache: TieredCache<String> = TieredCache::builder()
         .clock(clock.clone())
         .options(
-            EntryOptions::new(Duration::from_secs(10)).with_stale_ttl(Duration::from_secs(600)),
+            EntryOptions::new(Duration::from_secs(10))
+                .with_stale_ttl(Duration::from_secs(600))
+                .with_fail_safe(Duration::from_secs(30)),
         )
-        .fail_safe(Duration::from_secs(30))
         .build()
         .unwrap();
     let source = switchable();
     let key = Key::new("k").unwrap();
-    let first = cache.get_or_load(&key, &source).await.unwrap().unwrap();
+    let first = cache.get_or_load_from(&key, &source).await.unwrap().unwrap();
 
     clock.advance(Duration::from_secs(20));
     source.fail.store(true, Ordering::SeqCst);
     for _ in 0..20 {
         assert_eq!(
-            cache.get_or_load(&key, &source).await.unwrap().unwrap(),
+            cache.get_or_load_from(&key, &source).await.unwrap().unwrap(),
             first
         );
     }
@@ -300,14 +305,14 @@ async fn fail_safe_serves_stale_values_and_throttles_the_failing_loader() {
     );
     clock.advance(Duration::from_secs(31));
     assert_eq!(
-        cache.get_or_load(&key, &source).await.unwrap().unwrap(),
+        cache.get_or_load_from(&key, &source).await.unwrap().unwrap(),
         first
     );
     assert_eq!(source.calls.load(Ordering::SeqCst), 3);
     source.fail.store(false, Ordering::SeqCst);
     clock.advance(Duration::from_secs(31));
     assert_eq!(
-        cache.get_or_load(&key, &source).await.unwrap().unwrap(),
+        cache.get_or_load_from(&key, &source).await.unwrap().unwrap(),
         format!("{key} v4")
     );
 
@@ -315,7 +320,7 @@ async fn fail_safe_serves_stale_values_and_throttles_the_failing_loader() {
     source.fail.store(true, Ordering::SeqCst);
     clock.advance(Duration::from_secs(1_000));
     assert_eq!(
-        cache.get_or_load(&key, &source).await.unwrap_err().kind(),
+        cache.get_or_load_from(&key, &source).await.unwrap_err().kind(),
         ErrorKind::Loader
     );
     assert_eq!(

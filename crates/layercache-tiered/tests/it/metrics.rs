@@ -75,7 +75,7 @@ async fn publish_metrics_exports_the_counters_with_the_cache_name() {
     let source = Source::new(Duration::ZERO);
     let key = Key::new("k").unwrap();
     for _ in 0..3 {
-        cache.get_or_load(&key, &source).await.unwrap();
+        cache.get_or_load_from(&key, &source).await.unwrap();
     }
     let capture = Capture::default();
     metrics::with_local_recorder(&capture, || cache.publish_metrics());
