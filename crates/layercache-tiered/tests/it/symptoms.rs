@@ -100,6 +100,7 @@ async fn s1_no_negative_caching_loads_an_absent_key_on_every_read() {
 // --- (2) ---------------------------------------------------------------------------------------
 
 /// An L2 whose next `get`, once armed, holds the value it read until released.
+#[derive(Debug)]
 struct PausingGet {
     inner: RedisBackend,
     armed: AtomicBool,
@@ -264,6 +265,7 @@ async fn s3_a_loader_that_never_returns_is_cut_by_the_hard_timeout() {
 
 /// An L2 whose `set`s meet at a barrier of `parties` (they cannot finish unless that many run at
 /// once) and which records the most `set`s ever in flight together.
+#[derive(Debug)]
 struct CountingSet {
     inner: RedisBackend,
     barrier: Barrier,
