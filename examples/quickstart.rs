@@ -43,7 +43,10 @@ async fn main() -> layercache::Result<()> {
             let (loads, products) = (loads.clone(), products.clone());
             async move {
                 loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let id = products.id_of(&key).and_then(|id| id.parse().ok()).unwrap_or(0);
+                let id = products
+                    .id_of(&key)
+                    .and_then(|id| id.parse().ok())
+                    .unwrap_or(0);
                 Ok::<_, std::convert::Infallible>(Some(load_product(id).await))
             }
         }

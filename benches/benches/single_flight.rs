@@ -94,7 +94,10 @@ fn single_flight(c: &mut Criterion) {
         // Both ids must measure a hit of the same value.
         let hit = moka.get(&key).await.expect("moka get");
         assert_eq!(hit.map(|e| e.value).as_ref(), Some(&payload));
-        let hit = cache.get_or_load_from(&key, &loader).await.expect("guarded get");
+        let hit = cache
+            .get_or_load_from(&key, &loader)
+            .await
+            .expect("guarded get");
         assert_eq!(hit.as_ref(), Some(&payload));
     });
 
@@ -110,7 +113,12 @@ fn single_flight(c: &mut Criterion) {
 
     group.bench_function("hit_guarded", |b| {
         b.to_async(&rt).iter(|| async {
-            black_box(cache.get_or_load_from(black_box(&key), &loader).await.unwrap())
+            black_box(
+                cache
+                    .get_or_load_from(black_box(&key), &loader)
+                    .await
+                    .unwrap(),
+            )
         });
     });
 

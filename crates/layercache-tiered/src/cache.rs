@@ -136,8 +136,10 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
     where
         L: Loader<V> + ?Sized + 'static,
     {
-        self.read(key, &self.runtime.options, || from_loader(Arc::clone(loader)))
-            .await
+        self.read(key, &self.runtime.options, || {
+            from_loader(Arc::clone(loader))
+        })
+        .await
     }
 
     async fn read(

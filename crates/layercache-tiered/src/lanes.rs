@@ -88,8 +88,10 @@ struct Lane<V> {
     retrying: bool,
 }
 
+type Shard<V> = Mutex<HashMap<Key, Lane<V>>>;
+
 pub(crate) struct Lanes<V> {
-    shards: Box<[Mutex<HashMap<Key, Lane<V>>>]>,
+    shards: Box<[Shard<V>]>,
     hasher: RandomState,
     l2: Arc<dyn Backend<Option<V>>>,
     breaker: Arc<CircuitBreaker>,
@@ -138,7 +140,7 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
         }
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Lane<V>>> {
+    fn shard(&self, key: &Key) -> &Shard<V> {
         let index = (self.hasher.hash_one(key.as_str()) as usize) % self.shards.len();
         &self.shards[index]
     }
@@ -253,14 +255,14 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
             let was_retry = write.done.is_none() && matches!(write.op, L2Op::Delete);
             retry = self.send(&key, write).await;
             match (&retry, was_retry) {
-                (Some(_), false) => {
-                    if self.retrying.fetch_add(1, Ordering::AcqRel) >= self.retry_limit {
-                        self.retrying.fetch_sub(1, Ordering::AcqRel);
-                        self.counters.bump_pending_dropped();
-                        tracing::warn!(%key, "too many L2 deletes waiting for retry; dropped one (the key expires with its TTL)");
-                        if let Some(dropped) = retry.take() {
-                            dropped.supersede();
-                        }
+                (Some(_), false)
+                    if self.retrying.fetch_add(1, Ordering::AcqRel) >= self.retry_limit =>
+                {
+                    self.retrying.fetch_sub(1, Ordering::AcqRel);
+                    self.counters.bump_pending_dropped();
+                    tracing::warn!(%key, "too many L2 deletes waiting for retry; dropped one (the key expires with its TTL)");
+                    if let Some(dropped) = retry.take() {
+                        dropped.supersede();
                     }
                 }
                 (None, true) => {

@@ -10,11 +10,11 @@
 //!    outcome (a caller holding a stale value waits at most the soft timeout, then gets it).
 //! 4. The leader's work ([`Runtime::lead`]), in its own task (cancellation-safe):
 //!    a. take a [`Ticket`](layercache_core::Ticket) in the version table, then re-read L1 (a
-//!       flight may have landed since the caller looked) and L2 (another process may have it);
+//!    flight may have landed since the caller looked) and L2 (another process may have it);
 //!    b. **distributed lock** (optional): one process loads, the others poll L2 for its value;
 //!    c. **hard timeout** around the loader, its duration measured (XFetch's delta);
 //!    d. **fail-safe**: a failed or timed-out load serves the stale value, kept fresh for the
-//!       throttle so the source rests;
+//!    throttle so the source rests;
 //!    e. **store** through the ticket: dropped if a write, delete or clear of the key began since.
 //!
 //! The wrong order costs: a lock outside single-flight makes every caller of a process poll Redis;

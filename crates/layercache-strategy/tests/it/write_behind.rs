@@ -619,3 +619,55 @@ async fn throughput_against_write_through_on_the_same_workload() {
     );
     assert_eq!(products.count().await.unwrap(), KEYS as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_tiered_cache_its_writes_are_the_cache_own_and_win_over_older_loads() {
+    let ns = unique_space().namespace("products").unwrap();
+    let products = source(&ns).await;
+    products.insert(&product(1, 0)).await.unwrap();
+    let cache = layercache_tiered::TieredCache::<Product>::builder()
+        .build()
+        .unwrap();
+    let wb = WriteBehind::builder(Arc::new(cache.as_backend()), Arc::new(products.clone()))
+        .max_delay(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let key = ns.key("1").unwrap();
+
+    // A read of the cache loads round 0 from the source, slowly...
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn({
+        let (cache, source) = (cache.clone(), products.clone());
+        let key = key.clone();
+        async move {
+            cache
+                .get_or_load(&key, move |key: Key| async move {
+                    let old = source.get_direct(source.id_of(&key)?).await?;
+                    let _ = read_tx.send(());
+                    let _ = release_rx.await;
+                    Ok::<_, Error>(old)
+                })
+                .await
+        }
+    });
+    read_rx.await.unwrap();
+    // ...while a write-behind put lands in the cache at once, before the source has it.
+    wb.put(&key, product(1, 1)).await.unwrap();
+    assert_eq!(cache.get(&key).await.unwrap(), Some(product(1, 1)));
+    release_tx.send(()).unwrap();
+    assert_eq!(reader.await.unwrap().unwrap(), Some(product(1, 0)));
+    assert_eq!(
+        cache.get(&key).await.unwrap(),
+        Some(product(1, 1)),
+        "the older load did not overwrite the put"
+    );
+
+    wb.flush().await.unwrap();
+    assert_eq!(products.get_direct("1").await.unwrap(), Some(product(1, 1)));
+    wb.delete(&key).await.unwrap();
+    assert_eq!(cache.get(&key).await.unwrap(), None);
+    wb.shutdown().await.unwrap();
+    assert_eq!(products.get_direct("1").await.unwrap(), None);
+    assert_eq!(cache.in_flight(), (0, 0, 0));
+}

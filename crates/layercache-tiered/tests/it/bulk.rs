@@ -108,20 +108,30 @@ async fn warm_up_reports_every_item_and_one_failure_does_not_stop_the_rest() {
         .redis_url(server.url())
         .build()
         .unwrap();
+    // Warm-up loads in batches of DEFAULT_WARM_BATCH (100): a failing row fails its batch (one
+    // `load_many`), and the other batches still load.
     let source = Arc::new(Source {
-        failing: vec![":7".into(), ":42".into(), ":99".into()],
+        failing: vec![":142".into()],
         ..Source::default()
     });
     let ns = unique_space().namespace("warm").unwrap();
-    let keys: Vec<Key> = (0..100).map(|i| ns.key(&i.to_string()).unwrap()).collect();
+    let keys: Vec<Key> = (0..300).map(|i| ns.key(&i.to_string()).unwrap()).collect();
     let report = cache.warm(&keys, &source).await;
-    assert_eq!(report.items.len(), 100);
-    assert_eq!(report.loaded(), 97);
+    assert_eq!(report.items.len(), 300);
+    assert_eq!(report.loaded(), 200);
     assert_eq!(report.absent(), 0);
-    let failed: Vec<String> = report.failed().map(|(k, _)| k.to_string()).collect();
+    let reported: Vec<&Key> = report.items.iter().map(|(k, _)| k).collect();
     assert_eq!(
-        failed,
-        [":7", ":42", ":99"].map(|s| ns.key(&s[1..]).unwrap().to_string())
+        reported,
+        keys.iter().collect::<Vec<_>>(),
+        "in the order given"
+    );
+    let failed: Vec<&Key> = report.failed().map(|(k, _)| k).collect();
+    assert_eq!(failed, keys[100..200].iter().collect::<Vec<_>>());
+    assert!(
+        report
+            .failed()
+            .all(|(_, e)| e.kind() == layercache_core::ErrorKind::Loader)
     );
     assert!(matches!(report.items[0].1, WarmOutcome::Loaded));
     // The warmed values are in both tiers.
@@ -137,7 +147,11 @@ async fn warm_up_reports_every_item_and_one_failure_does_not_stop_the_rest() {
     );
     let loads = source.loads();
     assert_eq!(
-        cache.get_or_load_from(&keys[1], &source).await.unwrap().unwrap(),
+        cache
+            .get_or_load_from(&keys[1], &source)
+            .await
+            .unwrap()
+            .unwrap(),
         format!("value of {}", keys[1])
     );
     assert_eq!(source.loads(), loads, "a warmed key is a hit");

@@ -17,7 +17,13 @@ async fn l1_alone_works_without_any_server() {
     let source = Source::new(Duration::ZERO);
     let key = Key::new("k").unwrap();
     for _ in 0..5 {
-        assert!(cache.get_or_load_from(&key, &source).await.unwrap().is_some());
+        assert!(
+            cache
+                .get_or_load_from(&key, &source)
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
     assert_eq!(source.loads(), 1);
     let stats = cache.stats();

@@ -220,14 +220,22 @@ async fn soft_timeout_serves_stale_and_the_load_fills_both_tiers() {
     let source = switchable();
     let key = unique_space().namespace("soft").unwrap().key("k").unwrap();
     assert_eq!(
-        cache.get_or_load_from(&key, &source).await.unwrap().unwrap(),
+        cache
+            .get_or_load_from(&key, &source)
+            .await
+            .unwrap()
+            .unwrap(),
         format!("{key} v1")
     );
 
     clock.advance(Duration::from_secs(20)); // stale now
     source.delay_ms.store(1_000, Ordering::SeqCst);
     let started = Instant::now();
-    let value = cache.get_or_load_from(&key, &source).await.unwrap().unwrap();
+    let value = cache
+        .get_or_load_from(&key, &source)
+        .await
+        .unwrap()
+        .unwrap();
     let took = started.elapsed();
     assert_eq!(value, format!("{key} v1"), "the stale value");
     assert!(
@@ -288,13 +296,21 @@ async fn fail_safe_serves_stale_values_and_throttles_the_failing_loader() {
         .unwrap();
     let source = switchable();
     let key = Key::new("k").unwrap();
-    let first = cache.get_or_load_from(&key, &source).await.unwrap().unwrap();
+    let first = cache
+        .get_or_load_from(&key, &source)
+        .await
+        .unwrap()
+        .unwrap();
 
     clock.advance(Duration::from_secs(20));
     source.fail.store(true, Ordering::SeqCst);
     for _ in 0..20 {
         assert_eq!(
-            cache.get_or_load_from(&key, &source).await.unwrap().unwrap(),
+            cache
+                .get_or_load_from(&key, &source)
+                .await
+                .unwrap()
+                .unwrap(),
             first
         );
     }
@@ -305,14 +321,22 @@ async fn fail_safe_serves_stale_values_and_throttles_the_failing_loader() {
     );
     clock.advance(Duration::from_secs(31));
     assert_eq!(
-        cache.get_or_load_from(&key, &source).await.unwrap().unwrap(),
+        cache
+            .get_or_load_from(&key, &source)
+            .await
+            .unwrap()
+            .unwrap(),
         first
     );
     assert_eq!(source.calls.load(Ordering::SeqCst), 3);
     source.fail.store(false, Ordering::SeqCst);
     clock.advance(Duration::from_secs(31));
     assert_eq!(
-        cache.get_or_load_from(&key, &source).await.unwrap().unwrap(),
+        cache
+            .get_or_load_from(&key, &source)
+            .await
+            .unwrap()
+            .unwrap(),
         format!("{key} v4")
     );
 
@@ -320,7 +344,11 @@ async fn fail_safe_serves_stale_values_and_throttles_the_failing_loader() {
     source.fail.store(true, Ordering::SeqCst);
     clock.advance(Duration::from_secs(1_000));
     assert_eq!(
-        cache.get_or_load_from(&key, &source).await.unwrap_err().kind(),
+        cache
+            .get_or_load_from(&key, &source)
+            .await
+            .unwrap_err()
+            .kind(),
         ErrorKind::Loader
     );
     assert_eq!(

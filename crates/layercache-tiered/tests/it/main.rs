@@ -18,7 +18,7 @@ use std::time::Duration;
 use layercache_core::{Error, Key, Loader, Result, async_trait};
 
 /// A loader that counts single and batched calls, takes `delay` per call, and fails for ids
-/// listed in `failing`.
+/// listed in `failing` (a batch fails when one of its ids does).
 #[derive(Debug, Default)]
 pub(crate) struct Source {
     pub(crate) loads: AtomicU64,
@@ -65,6 +65,15 @@ impl Loader<String> for Source {
         self.batches.fetch_add(1, Ordering::SeqCst);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
+        }
+        if let Some(key) = keys.iter().find(|key| {
+            self.failing
+                .iter()
+                .any(|f| key.as_str().ends_with(f.as_str()))
+        }) {
+            return Err(Error::loader(format!(
+                "source refused the batch with {key}"
+            )));
         }
         Ok(keys.iter().map(|k| Some(format!("value of {k}"))).collect())
     }

@@ -210,9 +210,7 @@ async fn s3_a_loader_that_never_returns_is_cut_by_the_hard_timeout() {
         .unwrap();
     let key = Key::new("held").unwrap();
     let first = cache
-        .get_or_load(&key, |_key| async {
-            Ok::<_, Error>(Some("v1".to_owned()))
-        })
+        .get_or_load(&key, |_key| async { Ok::<_, Error>(Some("v1".to_owned())) })
         .await
         .unwrap();
     assert_eq!(first.as_deref(), Some("v1"));
@@ -232,9 +230,7 @@ async fn s3_a_loader_that_never_returns_is_cut_by_the_hard_timeout() {
     clock.advance(Duration::from_secs(31));
     let next = bounded(
         "the next read",
-        cache.get_or_load(&key, |_key| async {
-            Ok::<_, Error>(Some("v2".to_owned()))
-        }),
+        cache.get_or_load(&key, |_key| async { Ok::<_, Error>(Some("v2".to_owned())) }),
     )
     .await;
     assert_eq!(next.unwrap().as_deref(), Some("v2"));
@@ -412,9 +408,7 @@ impl Loader<String> for Batch {
         Ok(keys
             .iter()
             .map(|key| {
-                let odd = key
-                    .as_str()
-                    .ends_with(['1', '3', '5', '7', '9'].as_slice());
+                let odd = key.as_str().ends_with(['1', '3', '5', '7', '9'].as_slice());
                 (!(gaps && odd)).then(|| format!("v{n} of {key}"))
             })
             .collect())
@@ -456,9 +450,12 @@ async fn s7_get_many_honours_the_hard_timeout_and_fail_safe_and_warm_reports_abs
     // Stale now, and the batch hangs: fail-safe serves the stale values.
     clock.advance(Duration::from_secs(20));
     source.hang.store(true, Ordering::SeqCst);
-    let stale = bounded("a hung batch with stale values", cache.get_many(&keys, &source))
-        .await
-        .unwrap();
+    let stale = bounded(
+        "a hung batch with stale values",
+        cache.get_many(&keys, &source),
+    )
+    .await
+    .unwrap();
     assert_eq!(stale, expected, "the stale values");
 
     // Warm-up reports the rows the source does not have as absent.
@@ -722,7 +719,11 @@ async fn s12_eager_refresh_runs_once_per_ttl_period_even_for_pre_refresh_snapsho
         read_gated(&a, &key, &source).await;
         read_gated(&b, &key, &source).await;
     }
-    assert_eq!(source.calls(), 2, "exactly one refresh in the first TTL period");
+    assert_eq!(
+        source.calls(),
+        2,
+        "exactly one refresh in the first TTL period"
+    );
 
     // The next period: one more refresh.
     clock.advance(Duration::from_secs(6));
