@@ -19,6 +19,8 @@ use layercache_tiered::TieredCache;
 use tokio::sync::RwLock;
 
 const TASKS: usize = 32;
+static DIAG: std::sync::LazyLock<Mutex<std::collections::HashMap<(u32, u64), bool>>> = std::sync::LazyLock::new(Default::default);
+static WT: std::sync::LazyLock<Mutex<std::collections::HashSet<(u32, u64)>>> = std::sync::LazyLock::new(Default::default);
 const KEYS: usize = 100;
 /// Operations in all, over all tasks.
 #[cfg(not(debug_assertions))]
@@ -119,11 +121,14 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
                 let source = Arc::clone(&world.source);
                 let pause = Duration::from_millis(LOAD_MS.0 + rng.below(LOAD_MS.1 - LOAD_MS.0 + 1));
                 let world_for_load = Arc::clone(&world);
+                let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let ran2 = Arc::clone(&ran);
                 let start = h.tick();
                 let result = world
                     .cache
                     .get_or_load(key, move |_key: Key| async move {
                         world_for_load.loads.fetch_add(1, Ordering::Relaxed);
+                        ran2.store(true, Ordering::SeqCst);
                         // Read the source first, then take a while: by the time this load stores,
                         // a write may have made its value outdated.
                         let version = source.current(index);
@@ -135,6 +140,7 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
                 match result {
                     Ok(seen) => {
                         h.record(Op::read(id, start, end, seen));
+                        DIAG.lock().unwrap().insert((id, start), ran.load(Ordering::SeqCst));
                         counts.reads += 1;
                     }
                     Err(_) => fail(),
@@ -151,6 +157,8 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
                 match result {
                     Ok(stored) => {
                         h.record(Op::write(id, start, end, version));
+                        DIAG.lock().unwrap().insert((id, start), stored);
+                        WT.lock().unwrap().insert((id, start));
                         counts.write_throughs += 1;
                         counts.write_through_raced += u64::from(!stored);
                     }
@@ -269,6 +277,22 @@ async fn concurrent_loads_writes_deletes_and_clears_never_serve_an_outdated_vers
         report.elapsed,
         report.violations.len(),
     );
+    {
+        let diag = DIAG.lock().unwrap();
+        let wt = WT.lock().unwrap();
+        let mut classes = std::collections::HashMap::new();
+        for v in &report.violations {
+            let led = diag[&(v.key, v.read.start)];
+            let op = match v.op.kind {
+                layercache_testkit::history::OpKind::Write { .. } if wt.contains(&(v.key, v.op.start)) => format!("write-through stored={}", diag[&(v.key, v.op.start)]),
+                layercache_testkit::history::OpKind::Write { .. } => "set".to_string(),
+                _ => "invalidate".to_string(),
+            };
+            let gap = v.floor - v.seen.unwrap_or(0);
+            *classes.entry((led, op, gap.min(3))).or_insert(0) += 1;
+        }
+        eprintln!("classes (read led, op, floor-seen): {classes:#?}");
+    }
     report.assert_clean();
     // Redis runs locally and nothing fails it: every call succeeds, so the history is complete.
     assert_eq!(failures, 0, "calls failed");
