@@ -167,6 +167,9 @@ mod conformance {
         let clock = ManualClock::starting_now();
         let cache: TieredCache<Sample> = TieredCache::builder()
             .redis_url(server.url())
+            // The suite's writes must land: a generous L2 timeout, as on a busy 2-core machine
+            // the default 100 ms can pass (a set then rightly returns the L2 error).
+            .l2_timeout(std::time::Duration::from_secs(2))
             .clock(clock.clone())
             .build()
             .unwrap();
