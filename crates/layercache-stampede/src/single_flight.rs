@@ -218,6 +218,11 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         self.shared.flights().remove(key);
     }
 
+    /// [`forget`](Self::forget) every flight whose key matches `matches` (a namespace clear).
+    pub fn forget_where(&self, matches: impl Fn(&Key) -> bool) {
+        self.shared.flights().retain(|key, _| !matches(key));
+    }
+
     /// Runs `work` for `key`, or joins the flight already running for it, and returns the outcome.
     /// `work` is dropped unstarted when a flight is joined.
     pub async fn run<F>(&self, key: &Key, work: F) -> Result<T>

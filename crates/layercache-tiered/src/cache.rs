@@ -268,14 +268,14 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
     /// [`set`](Self::set) with entry options for this value.
     pub async fn set_with(&self, key: &Key, value: V, options: &EntryOptions) -> Result<()> {
         let entry = options.entry(Some(value), self.runtime.now(), Duration::ZERO)?;
-        self.runtime.tiers.write(key, Some(entry)).await.map(|_| ())
+        self.write_entry(key, Some(entry)).await.map(|_| ())
     }
 
     /// Removes `key` from both tiers; returns once L2 has it (`true` when a tier held it). Loads
     /// that started earlier will not put it back. If L2 could not be reached the error is
     /// returned, and the delete is retried in the background until it lands.
     pub async fn delete(&self, key: &Key) -> Result<bool> {
-        self.runtime.tiers.write(key, None).await
+        self.write_entry(key, None).await
     }
 
     /// Removes `keys` (concurrently, each ordered with the other writes of its key); returns how
@@ -308,7 +308,11 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
     /// keys that began before or during the clear will not store. Returns how many keys a tier
     /// held, or the L2 error.
     pub async fn clear(&self, namespace: &Namespace) -> Result<u64> {
-        self.runtime.tiers.clear(namespace).await
+        let flights = &self.runtime.flights;
+        flights.forget_where(|key| namespace.contains(key));
+        let result = self.runtime.tiers.clear(namespace).await;
+        flights.forget_where(|key| namespace.contains(key));
+        result
     }
 
     /// Waits until every pending L2 write has landed (at most [`DEFAULT_SHUTDOWN_TIMEOUT`]); an
@@ -350,10 +354,22 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
             }
             None => match &self.runtime.negative {
                 Some(negative) => negative.entry(None, self.runtime.now(), Duration::ZERO)?,
-                None => return self.runtime.tiers.write_after(&intent.0, None).await,
+                None => return self.write_after(intent, None).await,
             },
         };
-        self.runtime.tiers.write_after(&intent.0, Some(entry)).await
+        self.write_after(intent, Some(entry)).await
+    }
+
+    async fn write_after(
+        &self,
+        intent: WriteIntent,
+        entry: Option<crate::tiers::Stored<V>>,
+    ) -> Result<bool> {
+        let key = intent.0.key().clone();
+        self.runtime.flights.forget(&key);
+        let result = self.runtime.tiers.write_after(&intent.0, entry).await;
+        self.runtime.flights.forget(&key);
+        result
     }
 
     /// The cache as a [`Backend<V>`](layercache_core::Backend) (its L1 and L2 as one tier).
@@ -378,7 +394,12 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         key: &Key,
         entry: Option<crate::tiers::Stored<V>>,
     ) -> Result<bool> {
-        self.runtime.tiers.write(key, entry).await
+        // Callers arriving after the write must not join a load that began before it (or while it
+        // landed): detach the key's flight at both ends; it runs on, but cannot store.
+        self.runtime.flights.forget(key);
+        let result = self.runtime.tiers.write(key, entry).await;
+        self.runtime.flights.forget(key);
+        result
     }
 
     /// The default entry options.
