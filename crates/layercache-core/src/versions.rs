@@ -34,7 +34,7 @@ struct Slot {
 
 type Shard = HashMap<Key, Slot>;
 
-/// The per-key version table of one cache; see the [module docs](self).
+/// The per-key version table of one cache: the one owner of "which write of a key is newest".
 ///
 /// ```
 /// use std::sync::Arc;
