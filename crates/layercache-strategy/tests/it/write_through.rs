@@ -401,5 +401,6 @@ async fn a_load_that_read_the_old_value_before_a_put_does_not_cache_it() {
         assert_ne!(entry.value.map(|p| p.name).as_deref(), Some("old"), "L2");
     }
     assert_eq!(store.get(&key).await.unwrap().unwrap().name, "new");
+    store.cache().shutdown().await.unwrap();
     assert_eq!(store.cache().in_flight(), (0, 0, 0));
 }

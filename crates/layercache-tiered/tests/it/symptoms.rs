@@ -254,6 +254,7 @@ async fn s3_a_loader_that_never_returns_is_cut_by_the_hard_timeout() {
     )
     .await;
     assert_eq!(loaded.unwrap().as_deref(), Some("cold v1"));
+    bounded("shutdown", cache.shutdown()).await.unwrap();
     assert_eq!(cache.in_flight(), (0, 0, 0));
 }
 
