@@ -256,7 +256,8 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
             return (false, Waiter(flight.outcome.clone()));
         }
-        (true, Waiter(self.start(&mut flights, key, make_work())))
+        let work = make_work();
+        (true, Waiter(self.start(flights, key, work)))
     }
 
     /// Starts `make_work()` for `key` in the background unless a flight for it is already
@@ -270,20 +271,25 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         if flights.contains_key(key) {
             return false;
         }
-        self.start(&mut flights, key, make_work());
+        let work = make_work();
+        self.start(flights, key, work);
         true
     }
 
+    /// Registers a flight of `key` and starts `work` for it, releasing `flights` before the
+    /// spawn: a runtime that is shutting down drops the task inside `spawn`, and the landing's
+    /// `Drop` then takes the map's lock to deliver the error.
     fn start<F>(
         &self,
-        flights: &mut HashMap<Key, Flight<T>>,
+        mut flights: MutexGuard<'_, HashMap<Key, Flight<T>>>,
         key: &Key,
         work: F,
     ) -> watch::Receiver<Outcome<T>>
     where
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let (landing, outcome) = self.insert_flight(flights, key);
+        let (landing, outcome) = self.insert_flight(&mut flights, key);
+        drop(flights);
         tokio::spawn(async move {
             let mut landing = landing;
             let result = work.await;

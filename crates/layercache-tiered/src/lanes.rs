@@ -1,20 +1,25 @@
-//! L2 writes, ordered per key and concurrent across keys.
+//! L2 writes, ordered per key, batched and concurrent across keys.
 //!
 //! Each key with L2 work has a lane: at most one write in flight and one waiting (a newer write
-//! replaces the waiting one, whose caller is told it landed: it was superseded). A lane's writes
+//! replaces the waiting one, whose caller is answered when the newer one lands: until then L2 may
+//! still hold what the replaced write was meant to overwrite). A lane's writes
 //! leave in the order they were queued, which is the order their writes began in the version table
 //! (they are queued under the key's lock there), so an older value can never overtake a newer
-//! write or a delete. Lanes of different keys run concurrently, so a process writes to Redis many
-//! commands at a time (the multiplexed connection pipelines them).
+//! write or a delete.
 //!
-//! A write's [`WriteTicket`] travels with it and is finished when it has landed (or failed), in
-//! the lane's own task: a caller that drops its future never leaves loads of the key blocked.
-//! Failed deletes are retried until they land (a delete that arrives late only costs a miss), at
-//! most [`DEFAULT_PENDING_WRITES`](crate::DEFAULT_PENDING_WRITES) keys at a time; a failed set is
-//! never replayed (a replay could overwrite a newer write of another process): when it was a
-//! caller's write, its key is deleted from L2 instead, retried the same way.
+//! Lanes with a write ready wait in one queue; a few sender tasks (at most [`SENDERS`]) take up to
+//! [`BATCH`] of them at a time and send their sets as one pipeline (`set_many`: one round trip on
+//! Redis) and their deletes concurrently. So writes of different keys never wait for each other's
+//! round trips, and a burst of writes costs a few pipelines, not one task and one round trip each.
+//!
+//! A write's [`WriteTicket`] travels with it and is finished when it has landed (or failed), in the
+//! sender's task: a caller that drops its future never leaves loads of the key blocked. Failed
+//! deletes are retried until they land (a delete that arrives late only costs a miss), at most
+//! [`DEFAULT_PENDING_WRITES`](crate::DEFAULT_PENDING_WRITES) keys at a time; a failed set is never
+//! replayed (a replay could overwrite a newer write of another process): when it was a caller's
+//! write, its key is deleted from L2 instead, retried the same way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +33,10 @@ use crate::circuit::CircuitBreaker;
 use crate::stats::Counters;
 
 const SHARDS: usize = 32;
+/// The most writes one sender takes at a time.
+const BATCH: usize = 128;
+/// The most sender tasks at once (so the most batches in flight).
+const SENDERS: usize = 4;
 
 /// What a lane sends to L2.
 pub(crate) enum L2Op<V> {
@@ -35,28 +44,44 @@ pub(crate) enum L2Op<V> {
     Delete,
 }
 
-/// A queued write: the op, who waits for it, and the version-table ticket it finishes.
+/// A queued write: the op, who waits for it, the version-table ticket it finishes, and the older
+/// writes of the key it replaced before they were sent.
 pub(crate) struct Queued<V> {
     pub(crate) op: L2Op<V>,
     pub(crate) done: Option<oneshot::Sender<Result<bool>>>,
     pub(crate) ticket: Option<WriteTicket>,
+    replaced: Vec<Queued<V>>,
 }
 
 impl<V> Queued<V> {
-    /// Completes the write without sending it: a newer write of the key replaced it. Call it
-    /// with no lock held (finishing the ticket takes the key's lock in the version table).
-    pub(crate) fn supersede(self) {
-        if let Some(done) = self.done {
-            let _ = done.send(Ok(false));
-        }
-        if let Some(ticket) = self.ticket {
-            ticket.finish(|| ());
+    pub(crate) fn new(
+        op: L2Op<V>,
+        done: Option<oneshot::Sender<Result<bool>>>,
+        ticket: Option<WriteTicket>,
+    ) -> Self {
+        Queued {
+            op,
+            done,
+            ticket,
+            replaced: Vec::new(),
         }
     }
 
-    fn fail(self, error: Error) {
+    /// Takes the place of `older`, a write of the same key not sent yet. The older write's caller
+    /// is answered when this one lands (not before: until then L2 may still hold what the older
+    /// write was meant to replace).
+    fn replace(&mut self, older: Queued<V>) {
+        self.replaced.push(older);
+    }
+
+    /// Answers the write's caller (and those of the writes it replaced) and finishes the tickets.
+    /// Call it with no lock held (finishing a ticket takes the key's lock in the version table).
+    fn complete(self, result: Result<bool>) {
+        for older in self.replaced {
+            older.complete(result.clone().map(|_| false));
+        }
         if let Some(done) = self.done {
-            let _ = done.send(Err(error));
+            let _ = done.send(result);
         }
         if let Some(ticket) = self.ticket {
             ticket.finish(|| ());
@@ -75,17 +100,21 @@ impl<V> Leftover<V> {
 
     pub(crate) fn complete(self) {
         match self.0 {
-            Some((write, None)) => write.supersede(),
-            Some((write, Some(error))) => write.fail(error),
+            Some((write, None)) => write.complete(Ok(false)),
+            Some((write, Some(error))) => write.complete(Err(error)),
             None => {}
         }
     }
 }
 
 struct Lane<V> {
+    /// The next write of the key, not yet taken by a sender.
     waiting: Option<Queued<V>>,
-    /// The lane's only work is a failed delete waiting for its retry.
-    retrying: bool,
+    /// A failed delete waiting for its retry (a waiting write replaces it).
+    retry: Option<Queued<V>>,
+    /// The key is in the ready queue or its write is in flight: it is not queued again until
+    /// that write completed, so a key has one write in flight at most.
+    busy: bool,
 }
 
 type Shard<V> = Mutex<HashMap<Key, Lane<V>>>;
@@ -93,6 +122,8 @@ type Shard<V> = Mutex<HashMap<Key, Lane<V>>>;
 pub(crate) struct Lanes<V> {
     shards: Box<[Shard<V>]>,
     hasher: RandomState,
+    ready: Mutex<VecDeque<Key>>,
+    senders: AtomicUsize,
     l2: Arc<dyn Backend<Option<V>>>,
     breaker: Arc<CircuitBreaker>,
     counters: Arc<Counters>,
@@ -100,7 +131,7 @@ pub(crate) struct Lanes<V> {
     retry_limit: usize,
     retrying: AtomicUsize,
     active: AtomicUsize,
-    /// Notified whenever a lane ends or a retry starts.
+    /// Notified whenever a lane ends or starts waiting for a retry.
     changed: Notify,
 }
 
@@ -113,6 +144,7 @@ impl<V> fmt::Debug for Lanes<V> {
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a few map or queue operations; a poisoned lock is used as it is.
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -129,6 +161,8 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
         Lanes {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            ready: Mutex::new(VecDeque::new()),
+            senders: AtomicUsize::new(0),
             l2,
             breaker,
             counters,
@@ -145,7 +179,7 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
         &self.shards[index]
     }
 
-    /// Keys with L2 writes in flight or waiting.
+    /// Keys with L2 writes in flight, waiting or being retried.
     pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::Acquire)
     }
@@ -154,38 +188,321 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
     /// the version table, so lanes keep the order in which writes began; complete what it returns
     /// after that lock is released.
     pub(crate) fn enqueue(self: &Arc<Self>, key: &Key, write: Queued<V>) -> Leftover<V> {
-        let mut shard = locked(self.shard(key));
-        if let Some(lane) = shard.get_mut(key) {
-            return Leftover(lane.waiting.replace(write).map(|older| (older, None)));
-        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime (a write from outside tokio): nothing could send it.
             let error = Error::config("an L2 write needs a tokio runtime; none is running");
             return Leftover(Some((write, Some(error))));
         };
-        shard.insert(
-            key.clone(),
-            Lane {
-                waiting: Some(write),
-                retrying: false,
-            },
-        );
-        drop(shard);
-        self.active.fetch_add(1, Ordering::AcqRel);
-        runtime.spawn(Arc::clone(self).drive(key.clone()));
-        Leftover::none()
+        let mut shard = locked(self.shard(key));
+        match shard.get_mut(key) {
+            Some(lane) => {
+                let mut write = write;
+                if let Some(older) = lane.waiting.take() {
+                    write.replace(older);
+                }
+                lane.waiting = Some(write);
+                if !lane.busy {
+                    // Only a retry was pending: the new write goes out now, in its place.
+                    lane.busy = true;
+                    locked(&self.ready).push_back(key.clone());
+                }
+                drop(shard);
+                self.wake(&runtime);
+                Leftover::none()
+            }
+            None => {
+                shard.insert(
+                    key.clone(),
+                    Lane {
+                        waiting: Some(write),
+                        retry: None,
+                        busy: true,
+                    },
+                );
+                self.active.fetch_add(1, Ordering::AcqRel);
+                locked(&self.ready).push_back(key.clone());
+                drop(shard);
+                self.wake(&runtime);
+                Leftover::none()
+            }
+        }
     }
 
-    /// Waits until no lane of `namespace` has a write in flight or waiting (deletes being retried
-    /// aside), at most `timeout`.
+    /// Starts a sender unless enough run.
+    fn wake(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let mut senders = self.senders.load(Ordering::Acquire);
+        loop {
+            if senders >= SENDERS {
+                return;
+            }
+            match self.senders.compare_exchange_weak(
+                senders,
+                senders + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => senders = now,
+            }
+        }
+        runtime.spawn(Arc::clone(self).send_ready());
+    }
+
+    /// A sender: takes ready lanes in batches and sends them until none is ready.
+    async fn send_ready(self: Arc<Self>) {
+        loop {
+            let keys: Vec<Key> = {
+                let mut ready = locked(&self.ready);
+                let n = ready.len().min(BATCH);
+                ready.drain(..n).collect()
+            };
+            if keys.is_empty() {
+                self.senders.fetch_sub(1, Ordering::AcqRel);
+                // A key queued between the look and the decrement found enough senders and
+                // started none; look once more so it is not stranded.
+                if locked(&self.ready).is_empty() {
+                    return;
+                }
+                if self.senders.fetch_add(1, Ordering::AcqRel) >= SENDERS {
+                    self.senders.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+                continue;
+            }
+            self.send_batch(keys).await;
+        }
+    }
+
+    /// Sends the writes of `keys` (one each): sets as one pipeline, deletes concurrently.
+    async fn send_batch(self: &Arc<Self>, keys: Vec<Key>) {
+        let mut sets: Vec<(Key, Queued<V>)> = Vec::new();
+        let mut deletes: Vec<(Key, Queued<V>)> = Vec::new();
+        for key in keys {
+            let write = {
+                let mut shard = locked(self.shard(&key));
+                let Some(lane) = shard.get_mut(&key) else {
+                    continue;
+                };
+                let retry = lane.retry.take();
+                if retry.is_some() {
+                    self.retrying.fetch_sub(1, Ordering::AcqRel);
+                }
+                match (lane.waiting.take(), retry) {
+                    (Some(mut newer), Some(older)) => {
+                        newer.replace(older);
+                        Some(newer)
+                    }
+                    (Some(write), None) | (None, Some(write)) => Some(write),
+                    (None, None) => None,
+                }
+            };
+            match write {
+                Some(write) if matches!(write.op, L2Op::Set(_)) => sets.push((key, write)),
+                Some(write) => deletes.push((key, write)),
+                None => self.lane_done(&key, None),
+            }
+        }
+        let (set_results, delete_results) =
+            tokio::join!(self.send_sets(&sets), self.send_deletes(&deletes));
+        for ((key, write), result) in sets
+            .into_iter()
+            .chain(deletes)
+            .zip(set_results.into_iter().chain(delete_results))
+        {
+            let retry = self.complete(&key, write, result);
+            self.lane_done(&key, retry);
+        }
+    }
+
+    /// Whether the circuit lets a call through; counts the skip when it does not.
+    fn allowed(&self) -> Result<()> {
+        if self.breaker.allow() {
+            Ok(())
+        } else {
+            self.counters.bump_l2_skipped();
+            Err(Error::unavailable("the L2 circuit is open"))
+        }
+    }
+
+    fn judge<T>(&self, result: Result<T>) -> Result<T> {
+        match &result {
+            Ok(_) => self.breaker.success(),
+            Err(_) => {
+                self.breaker.failure();
+                self.counters.bump_l2_errors();
+            }
+        }
+        result
+    }
+
+    async fn send_sets(&self, sets: &[(Key, Queued<V>)]) -> Vec<Result<bool>> {
+        if sets.is_empty() {
+            return Vec::new();
+        }
+        let items: Vec<(Key, Entry<Option<V>>)> = sets
+            .iter()
+            .filter_map(|(key, write)| match &write.op {
+                L2Op::Set(entry) => Some((key.clone(), entry.clone())),
+                L2Op::Delete => None,
+            })
+            .collect();
+        let result = match self.allowed() {
+            Ok(()) => self.judge(self.l2.set_many(items).await),
+            Err(error) => Err(error),
+        };
+        sets.iter()
+            .map(|_| result.clone().map(|()| false))
+            .collect()
+    }
+
+    async fn send_deletes(self: &Arc<Self>, deletes: &[(Key, Queued<V>)]) -> Vec<Result<bool>> {
+        match deletes {
+            [] => Vec::new(),
+            [(key, _)] => vec![self.delete(key).await],
+            _ => {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (index, (key, _)) in deletes.iter().enumerate() {
+                    let (lanes, key) = (Arc::clone(self), key.clone());
+                    tasks.spawn(async move { (index, lanes.delete(&key).await) });
+                }
+                let mut out: Vec<Result<bool>> = deletes
+                    .iter()
+                    .map(|_| Err(Error::unavailable("an L2 delete task failed")))
+                    .collect();
+                while let Some(joined) = tasks.join_next().await {
+                    if let Ok((index, result)) = joined {
+                        out[index] = result;
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        self.allowed()?;
+        self.judge(self.l2.delete(key).await)
+    }
+
+    /// Completes one sent write; returns the delete to retry when it failed.
+    fn complete(&self, key: &Key, write: Queued<V>, result: Result<bool>) -> Option<Queued<V>> {
+        let error = match result {
+            Ok(present) => {
+                self.counters.bump_l2_writes();
+                write.complete(Ok(present));
+                return None;
+            }
+            Err(error) => error,
+        };
+        self.counters.bump_l2_write_failures();
+        tracing::debug!(%key, %error, "L2 write failed");
+        let Queued {
+            op,
+            done,
+            ticket,
+            replaced,
+        } = write;
+        let callers_write = done.is_some() || !replaced.is_empty();
+        for older in replaced {
+            older.complete(Err(error.clone()));
+        }
+        if let Some(done) = done {
+            let _ = done.send(Err(error));
+        }
+        if matches!(op, L2Op::Set(_)) && !callers_write {
+            // A loaded value that did not reach L2: nothing is lost but a future L2 hit.
+            if let Some(ticket) = ticket {
+                ticket.finish(|| ());
+            }
+            return None;
+        }
+        // A delete, or a caller's set whose older L2 value must not survive: delete the key until
+        // that lands. The write ticket stays held, so no load refills L1 from the L2 value
+        // meanwhile.
+        Some(Queued::new(L2Op::Delete, None, ticket))
+    }
+
+    /// The key's write completed: queue its next one, hold its retry, or end the lane.
+    fn lane_done(self: &Arc<Self>, key: &Key, retry: Option<Queued<V>>) {
+        let mut retry = retry;
+        let mut dropped: Option<Queued<V>> = None;
+        let mut ended = false;
+        let mut schedule_retry = false;
+        {
+            let mut shard = locked(self.shard(key));
+            let Some(lane) = shard.get_mut(key) else {
+                return;
+            };
+            if let Some(newer) = &mut lane.waiting {
+                // A newer write replaces the failed delete: it goes out now.
+                if let Some(old) = retry.take() {
+                    newer.replace(old);
+                }
+                locked(&self.ready).push_back(key.clone());
+            } else if let Some(failed) = retry.take() {
+                if self.retrying.fetch_add(1, Ordering::AcqRel) >= self.retry_limit {
+                    self.retrying.fetch_sub(1, Ordering::AcqRel);
+                    self.counters.bump_pending_dropped();
+                    tracing::warn!(%key, "too many L2 deletes waiting for retry; gave one up (the key expires with its TTL)");
+                    dropped = Some(failed);
+                    shard.remove(key);
+                    ended = true;
+                } else {
+                    lane.retry = Some(failed);
+                    lane.busy = false;
+                    schedule_retry = true;
+                }
+            } else {
+                shard.remove(key);
+                ended = true;
+            }
+        }
+        if let Some(old) = dropped {
+            old.complete(Ok(false));
+        }
+        if schedule_retry {
+            self.changed.notify_waiters();
+            let (lanes, key) = (Arc::clone(self), key.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(lanes.retry_interval).await;
+                lanes.requeue(&key);
+            });
+        } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.wake(&runtime);
+        }
+        if ended {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Queues a key whose failed delete waited its retry interval (unless a newer write did).
+    fn requeue(self: &Arc<Self>, key: &Key) {
+        let mut shard = locked(self.shard(key));
+        let Some(lane) = shard.get_mut(key) else {
+            return;
+        };
+        if lane.busy {
+            return;
+        }
+        lane.busy = true;
+        locked(&self.ready).push_back(key.clone());
+        drop(shard);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.wake(&runtime);
+        }
+    }
+
+    /// Waits until no lane of `namespace` has a write in flight or waiting (deletes waiting for a
+    /// retry aside), at most `timeout`.
     pub(crate) async fn settle(&self, namespace: &Namespace, timeout: Duration) {
         let deadline = tokio::time::Instant::now().checked_add(timeout);
         loop {
             let changed = self.changed.notified();
             let busy = self.shards.iter().any(|shard| {
-                locked(shard)
-                    .iter()
-                    .any(|(key, lane)| namespace.contains(key) && !lane.retrying)
+                locked(shard).iter().any(|(key, lane)| {
+                    namespace.contains(key) && (lane.busy || lane.waiting.is_some())
+                })
             });
             if !busy {
                 return;
@@ -201,140 +518,21 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
         }
     }
 
-    fn lane_done(&self) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
-    }
-
     /// Waits until every lane is empty or `timeout` passed; returns the keys still pending.
     pub(crate) async fn drain(&self, timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now().checked_add(timeout);
         loop {
-            let idle = self.changed.notified();
+            let changed = self.changed.notified();
             if self.active() == 0 {
                 return 0;
             }
             match deadline {
-                None => idle.await,
+                None => changed.await,
                 Some(deadline) => {
-                    if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
                         return self.active();
                     }
                 }
-            }
-        }
-    }
-
-    /// The lane's task: sends the key's writes one after another until none waits.
-    async fn drive(self: Arc<Self>, key: Key) {
-        let mut retry: Option<Queued<V>> = None;
-        loop {
-            let (next, replaced) = {
-                let mut shard = locked(self.shard(&key));
-                let lane = shard.get_mut(&key);
-                let waiting = lane.and_then(|lane| {
-                    lane.retrying = false;
-                    lane.waiting.take()
-                });
-                match (waiting, retry.take()) {
-                    // A newer write replaces the delete being retried.
-                    (Some(newer), Some(older)) => (Some(newer), Some(older)),
-                    (Some(newer), None) => (Some(newer), None),
-                    (None, Some(older)) => (Some(older), None),
-                    (None, None) => {
-                        shard.remove(&key);
-                        (None, None)
-                    }
-                }
-            };
-            if let Some(older) = replaced {
-                self.retrying.fetch_sub(1, Ordering::AcqRel);
-                older.supersede();
-            }
-            let Some(write) = next else { break };
-            let was_retry = write.done.is_none() && matches!(write.op, L2Op::Delete);
-            retry = self.send(&key, write).await;
-            match (&retry, was_retry) {
-                (Some(_), false)
-                    if self.retrying.fetch_add(1, Ordering::AcqRel) >= self.retry_limit =>
-                {
-                    self.retrying.fetch_sub(1, Ordering::AcqRel);
-                    self.counters.bump_pending_dropped();
-                    tracing::warn!(%key, "too many L2 deletes waiting for retry; dropped one (the key expires with its TTL)");
-                    if let Some(dropped) = retry.take() {
-                        dropped.supersede();
-                    }
-                }
-                (None, true) => {
-                    self.retrying.fetch_sub(1, Ordering::AcqRel);
-                }
-                _ => {}
-            }
-            if retry.is_some() {
-                if let Some(lane) = locked(self.shard(&key)).get_mut(&key) {
-                    lane.retrying = lane.waiting.is_none();
-                }
-                self.changed.notify_waiters();
-                tokio::time::sleep(self.retry_interval).await;
-            }
-        }
-        self.lane_done();
-    }
-
-    /// Sends one write; returns the delete to retry when it failed.
-    async fn send(&self, key: &Key, write: Queued<V>) -> Option<Queued<V>> {
-        let Queued { op, done, ticket } = write;
-        let is_set = matches!(op, L2Op::Set(_));
-        let result = if !self.breaker.allow() {
-            self.counters.bump_l2_skipped();
-            Err(Error::unavailable("the L2 circuit is open"))
-        } else {
-            let sent = match op {
-                L2Op::Set(entry) => self.l2.set(key, entry).await.map(|()| false),
-                L2Op::Delete => self.l2.delete(key).await,
-            };
-            match &sent {
-                Ok(_) => self.breaker.success(),
-                Err(_) => {
-                    self.breaker.failure();
-                    self.counters.bump_l2_errors();
-                }
-            }
-            sent
-        };
-        match result {
-            Ok(present) => {
-                self.counters.bump_l2_writes();
-                if let Some(done) = done {
-                    let _ = done.send(Ok(present));
-                }
-                if let Some(ticket) = ticket {
-                    ticket.finish(|| ());
-                }
-                None
-            }
-            Err(error) => {
-                self.counters.bump_l2_write_failures();
-                tracing::debug!(%key, %error, "L2 write failed");
-                let callers_write = done.is_some();
-                if let Some(done) = done {
-                    let _ = done.send(Err(error));
-                }
-                if is_set && !callers_write {
-                    // A loaded value that did not reach L2: nothing is lost but a future L2 hit.
-                    if let Some(ticket) = ticket {
-                        ticket.finish(|| ());
-                    }
-                    return None;
-                }
-                // A delete, or a caller's set whose older L2 value must not survive: delete the
-                // key until that lands. The write ticket stays held, so no load refills L1 from
-                // the L2 value meanwhile.
-                Some(Queued {
-                    op: L2Op::Delete,
-                    done: None,
-                    ticket,
-                })
             }
         }
     }

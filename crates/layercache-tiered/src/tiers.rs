@@ -180,11 +180,7 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
                     (Some(tx), Some(rx))
                 }
             };
-            let write = Queued {
-                op: L2Op::Set(entry),
-                done,
-                ticket: None,
-            };
+            let write = Queued::new(L2Op::Set(entry), done, None);
             (landing, lanes.enqueue(key, write))
         });
         let Some((landing, leftover)) = committed else {
@@ -259,11 +255,7 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
             Some(entry) => L2Op::Set(entry),
             None => L2Op::Delete,
         };
-        let write = Queued {
-            op,
-            done: Some(tx),
-            ticket: Some(ticket),
-        };
+        let write = Queued::new(op, Some(tx), Some(ticket));
         (removed, Some(rx), lanes.enqueue(key, write), None)
     }
 

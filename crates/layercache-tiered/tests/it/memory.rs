@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use layercache_core::Namespace;
 use layercache_testkit::conformance::unique_space;
@@ -162,6 +163,56 @@ fn distinct_keys_through_a_small_l1_leave_nothing_behind_and_memory_stays_bounde
     );
 }
 
+/// Drops `runtime` on another thread and fails if that takes longer than `limit` (a deadlock: the
+/// thread is left behind, the test fails instead of hanging the suite).
+fn drop_within(runtime: tokio::runtime::Runtime, limit: Duration) {
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(runtime);
+        let _ = done.send(());
+    });
+    dropped
+        .recv_timeout(limit)
+        .expect("dropping the runtime did not finish: deadlocked");
+}
+
+/// A read on a runtime that is shutting down: its flight's task cannot start, and is dropped on
+/// the spot, inside the spawn. That must fail the read (or serve it), not deadlock — the flight
+/// table's lock is held while the flight is spawned, and dropping the flight takes it again.
+#[test]
+fn a_read_on_a_runtime_that_shut_down_does_not_deadlock() {
+    let cache = l1_only();
+    let key = unique_space()
+        .namespace("shut-down")
+        .unwrap()
+        .key("k")
+        .unwrap();
+    let runtime = new_runtime();
+    let handle = runtime.handle().clone();
+    drop(runtime);
+
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn({
+        let cache = cache.clone();
+        move || {
+            let _entered = handle.enter();
+            let read = cache.get_or_load(&key, |_key| async move {
+                Ok::<_, layercache_core::Error>(Some(vec![1u8; 16]))
+            });
+            let mut read = std::pin::pin!(read);
+            let polled = read
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+            let _ = done.send(polled.is_ready());
+        }
+    });
+    let ready = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the read deadlocked");
+    assert!(ready, "the read waits for a flight that cannot run");
+    assert_eq!(cache.in_flight(), (0, 0, 0));
+}
+
 #[test]
 fn a_runtime_dropped_while_loads_run_leaves_nothing_in_flight() {
     let cache = l1_only();
@@ -196,7 +247,9 @@ fn a_runtime_dropped_while_loads_run_leaves_nothing_in_flight() {
         all_started.notified().await;
     });
     assert_eq!(started.load(Ordering::SeqCst), TASKS, "one load per key");
-    drop(runtime);
+    // Some callers may still be on their first poll, joining or starting flights, while the
+    // runtime shuts down.
+    drop_within(runtime, Duration::from_secs(30));
     assert_eq!(cache.in_flight(), (0, 0, 0));
 
     // The cache still works on another runtime: the keys load again, nothing waits on a flight
