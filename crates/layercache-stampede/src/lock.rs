@@ -93,6 +93,12 @@ impl LockOptions {
         if self.lease < Duration::from_millis(30) {
             return Err(Error::config("lock lease must be at least 30 ms"));
         }
+        // The lease is what frees the lock of a holder that died: it must be a real bound.
+        if self.lease > Duration::from_secs(24 * 3600) {
+            return Err(Error::config(
+                "lock lease must be at most 24 h (it frees the lock of a holder that died)",
+            ));
+        }
         if self.poll_initial.is_zero() || self.poll_max < self.poll_initial {
             return Err(Error::config(
                 "lock polls need 0 < poll_initial <= poll_max",

@@ -251,7 +251,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         M: FnOnce() -> F,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let mut flights = self.shared.flights();
+        let flights = self.shared.flights();
         if let Some(flight) = flights.get(key) {
             self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
             return (false, Waiter(flight.outcome.clone()));
@@ -267,7 +267,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         M: FnOnce() -> F,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let mut flights = self.shared.flights();
+        let flights = self.shared.flights();
         if flights.contains_key(key) {
             return false;
         }

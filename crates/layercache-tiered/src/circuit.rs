@@ -38,6 +38,12 @@ enum State {
     },
 }
 
+/// `now + by`, saturating (`Duration::MAX` means "until further notice", not a panic).
+fn later(now: Instant, by: Duration) -> Instant {
+    now.checked_add(by)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 #[derive(Debug)]
 pub(crate) struct CircuitBreaker {
     state: Mutex<State>,
@@ -70,7 +76,7 @@ impl CircuitBreaker {
             State::Closed { .. } => true,
             State::Open { until } | State::HalfOpen { probe_until: until } if now >= until => {
                 *state = State::HalfOpen {
-                    probe_until: now + self.cool_down,
+                    probe_until: later(now, self.cool_down),
                 };
                 true
             }
@@ -100,7 +106,7 @@ impl CircuitBreaker {
         };
         if open {
             *state = State::Open {
-                until: Instant::now() + self.cool_down,
+                until: later(Instant::now(), self.cool_down),
             };
             self.opened.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(cool_down = ?self.cool_down, "L2 circuit opened");

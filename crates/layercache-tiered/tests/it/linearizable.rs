@@ -106,8 +106,11 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
     let mut rng = Rng(seed);
     let mut counts = Counts::default();
     let h = &world.history;
-    let fail = || {
-        world.failures.fetch_add(1, Ordering::Relaxed);
+    let fail = |what: &str, error: layercache_core::Error| {
+        // The first few are printed: a failed call is left out of the history, so it must be rare.
+        if world.failures.fetch_add(1, Ordering::Relaxed) < 5 {
+            eprintln!("linearizable: a {what} failed: {error:?}");
+        }
     };
     for _ in 0..operations {
         let index = rng.below(KEYS as u64) as usize;
@@ -137,7 +140,7 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
                         h.record(Op::read(id, start, end, seen));
                         counts.reads += 1;
                     }
-                    Err(_) => fail(),
+                    Err(error) => fail("read", error),
                 }
             }
             // ~15%: a write-through, by hand: claim the key, write the source, write the cache.
@@ -154,7 +157,7 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
                         counts.write_throughs += 1;
                         counts.write_through_raced += u64::from(!stored);
                     }
-                    Err(_) => fail(),
+                    Err(error) => fail("write-through", error),
                 }
             }
             // ~10%: a cache-aside write: the source, then the cache.
@@ -169,7 +172,7 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
                         h.record(Op::write(id, start, end, version));
                         counts.sets += 1;
                     }
-                    Err(_) => fail(),
+                    Err(error) => fail("set", error),
                 }
             }
             // ~10%: a delete; no read that starts after it may see less than the source held
@@ -184,7 +187,7 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
                         h.record(Op::invalidate(id, start, end, floor));
                         counts.deletes += 1;
                     }
-                    Err(_) => fail(),
+                    Err(error) => fail("delete", error),
                 }
             }
             // ~5%: a clear of the whole namespace: an invalidation of every key.
@@ -200,7 +203,7 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
                         }
                         counts.clears += 1;
                     }
-                    Err(_) => fail(),
+                    Err(error) => fail("clear", error),
                 }
             }
         }
