@@ -14,8 +14,11 @@
 //!   the source twice, never zero times once `put` has returned `Ok`.
 
 mod batch;
+mod builder;
 mod durable;
 mod memory;
+mod stats;
+mod types;
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -24,15 +27,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use layercache_core::{
-    Backend, Clock, EntryOptions, Error, JsonCodec, Key, PayloadCodec, Result, SharedClock,
-    SystemClock, WriteJournal, Writer,
-};
+#[cfg(doc)]
+use layercache_core::WriteJournal;
+use layercache_core::{Backend, Clock, EntryOptions, Error, Key, Result, SystemClock, Writer};
 use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
+use self::builder::Settings;
 use self::durable::Durable;
 use self::memory::MemoryQueue;
+use self::stats::{Counters, add};
+use self::types::DeadLetterHook;
+
+pub use self::builder::WriteBehindBuilder;
+pub use self::stats::WriteBehindStats;
+pub use self::types::{DeadLetter, QueueFull, WhenFull};
 
 /// The default bound on pending writes (10,000): distinct keys in memory, journal entries in
 /// durable mode.
@@ -64,186 +73,9 @@ pub const DEFAULT_READ_BLOCK: Duration = Duration::from_secs(1);
 /// Stripes of the per-key write lock.
 const STRIPES: usize = 256;
 
-/// What [`WriteBehind::put`] and [`WriteBehind::delete`] do when the queue is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WhenFull {
-    /// Wait for space, at most `max` (none: without bound); past it, a `Timeout` error carrying
-    /// [`QueueFull`]. The default, with `max` = [`DEFAULT_FULL_WAIT`].
-    Wait {
-        /// The longest wait, or `None` to wait without bound.
-        max: Option<Duration>,
-    },
-    /// Fail at once with an `Unavailable` error (temporary) carrying [`QueueFull`].
-    Reject,
-}
-
-impl Default for WhenFull {
-    fn default() -> Self {
-        WhenFull::Wait {
-            max: Some(DEFAULT_FULL_WAIT),
-        }
-    }
-}
-
-/// The cause attached to the error of a write refused because the queue was full.
-///
-/// ```
-/// # use layercache_strategy::QueueFull;
-/// # fn check(err: &layercache_core::Error) {
-/// if QueueFull::matches(err) { /* shed load */ }
-/// # }
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueFull {
-    /// The capacity in force.
-    pub capacity: usize,
-}
-
-impl QueueFull {
-    /// Whether `error` is a write refused because the queue was full.
-    pub fn matches(error: &Error) -> bool {
-        std::error::Error::source(error).is_some_and(|s| s.downcast_ref::<QueueFull>().is_some())
-    }
-}
-
-impl fmt::Display for QueueFull {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "write-behind queue is full ({} writes)", self.capacity)
-    }
-}
-
-impl std::error::Error for QueueFull {}
-
-/// A write that could not reach the source of truth, handed to the dead-letter hook.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct DeadLetter<'a, V> {
-    /// The key.
-    pub key: &'a Key,
-    /// The value of a put; `None` for a delete.
-    pub value: Option<&'a V>,
-    /// The last error.
-    pub error: &'a Error,
-    /// Source calls made for it (batch attempts, plus the final attempt on its own).
-    pub attempts: u32,
-}
-
-type DeadLetterHook<V> = Arc<dyn Fn(DeadLetter<'_, V>) + Send + Sync>;
-type Journal<V> = (Arc<dyn WriteJournal>, Arc<dyn PayloadCodec<V>>);
-
-/// A point-in-time view of a [`WriteBehind`]'s counters.
-///
-/// The mean batch size is `batched / batches` ([`mean_batch`](Self::mean_batch)).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-#[non_exhaustive]
-pub struct WriteBehindStats {
-    /// Writes waiting for the source: distinct keys queued or being written (in memory), or
-    /// entries in the journal not yet acknowledged, as of the worker's last look (durable).
-    pub queue_depth: u64,
-    /// Age of the oldest write not yet done (zero when none).
-    pub lag: Duration,
-    /// Puts and deletes accepted.
-    pub accepted: u64,
-    /// Accepted writes superseded by a later write of the same key before they were written.
-    pub coalesced: u64,
-    /// Writes refused because the queue was full.
-    pub rejected: u64,
-    /// Batches written (each one `Writer::write_many` call for its puts, plus one
-    /// `Writer::remove` per delete).
-    pub batches: u64,
-    /// Writes in all batches, after coalescing.
-    pub batched: u64,
-    /// The largest batch.
-    pub max_batch: u64,
-    /// Writes that reached the source.
-    pub written: u64,
-    /// Calls made to the [`Writer`], failed ones included.
-    pub source_calls: u64,
-    /// Batch attempts repeated after a failure.
-    pub retries: u64,
-    /// Source calls that failed (an error, a panic or a timeout).
-    pub failures: u64,
-    /// Writes handed to the dead-letter hook.
-    pub dead_letters: u64,
-    /// Cache updates of `put`/`delete` that failed (the write was still accepted).
-    pub cache_errors: u64,
-    /// Durable: journal entries taken over from stale consumers.
-    pub claimed: u64,
-    /// Durable: journal calls of the worker that failed.
-    pub journal_errors: u64,
-    /// Durable: journal entries whose payload did not decode (logged and dropped).
-    pub undecodable: u64,
-}
-
-impl WriteBehindStats {
-    /// The mean number of writes per batch.
-    pub fn mean_batch(&self) -> f64 {
-        if self.batches == 0 {
-            0.0
-        } else {
-            self.batched as f64 / self.batches as f64
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    accepted: AtomicU64,
-    coalesced: AtomicU64,
-    rejected: AtomicU64,
-    batches: AtomicU64,
-    batched: AtomicU64,
-    max_batch: AtomicU64,
-    written: AtomicU64,
-    source_calls: AtomicU64,
-    retries: AtomicU64,
-    failures: AtomicU64,
-    dead_letters: AtomicU64,
-    cache_errors: AtomicU64,
-    claimed: AtomicU64,
-    journal_errors: AtomicU64,
-    undecodable: AtomicU64,
-}
-
-fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections never leave their data half-updated, so a poisoned lock is still usable.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-#[derive(Clone)]
-struct Settings {
-    options: EntryOptions,
-    clock: SharedClock,
-    capacity: usize,
-    when_full: WhenFull,
-    batch_size: usize,
-    max_delay: Duration,
-    max_retries: u32,
-    initial_backoff: Duration,
-    max_backoff: Duration,
-    write_timeout: Duration,
-    evict_on_dead_letter: bool,
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("options", &self.options)
-            .field("capacity", &self.capacity)
-            .field("when_full", &self.when_full)
-            .field("batch_size", &self.batch_size)
-            .field("max_delay", &self.max_delay)
-            .field("max_retries", &self.max_retries)
-            .field("initial_backoff", &self.initial_backoff)
-            .field("max_backoff", &self.max_backoff)
-            .field("write_timeout", &self.write_timeout)
-            .finish()
-    }
 }
 
 enum Queue<V> {
@@ -605,253 +437,5 @@ where
             journal_errors: load(&c.journal_errors),
             undecodable: load(&c.undecodable),
         }
-    }
-}
-
-/// Builds a [`WriteBehind`]; see [`WriteBehind::builder`].
-pub struct WriteBehindBuilder<V> {
-    cache: Arc<dyn Backend<V>>,
-    writer: Arc<dyn Writer<V>>,
-    settings: Settings,
-    dead_letter: Option<DeadLetterHook<V>>,
-    journal: Option<Journal<V>>,
-    durable: durable::Settings,
-}
-
-impl<V> fmt::Debug for WriteBehindBuilder<V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteBehindBuilder")
-            .field("settings", &self.settings)
-            .field("journal", &self.journal.as_ref().map(|(j, _)| j))
-            .field("durable", &self.durable)
-            .finish()
-    }
-}
-
-impl<V> WriteBehindBuilder<V>
-where
-    V: Clone + Send + Sync + 'static,
-{
-    /// The TTL policy of cached values (default [`EntryOptions::default`]). It should outlast the
-    /// queue's lag, or a reader may miss the cache and load the old value from the source.
-    #[must_use]
-    pub fn options(mut self, options: EntryOptions) -> Self {
-        self.settings.options = options;
-        self
-    }
-
-    /// The clock of cached entries' meta (default the system clock).
-    #[must_use]
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.settings.clock = Arc::new(clock);
-        self
-    }
-
-    /// The bound on pending writes (default [`DEFAULT_CAPACITY`]). In memory it counts distinct
-    /// keys (a write to a key already queued takes no space); in durable mode, journal entries not
-    /// yet acknowledged, as last seen by the worker plus those appended since.
-    #[must_use]
-    pub fn capacity(mut self, capacity: usize) -> Self {
-        self.settings.capacity = capacity;
-        self
-    }
-
-    /// What a write does when the queue is full (default [`WhenFull::Wait`] for at most
-    /// [`DEFAULT_FULL_WAIT`]).
-    #[must_use]
-    pub fn when_full(mut self, when_full: WhenFull) -> Self {
-        self.settings.when_full = when_full;
-        self
-    }
-
-    /// The most writes in one batch (default [`DEFAULT_BATCH_SIZE`]).
-    #[must_use]
-    pub fn batch_size(mut self, batch_size: usize) -> Self {
-        self.settings.batch_size = batch_size;
-        self
-    }
-
-    /// The age at which a batch is written even if not full (default [`DEFAULT_MAX_DELAY`]).
-    #[must_use]
-    pub fn max_delay(mut self, max_delay: Duration) -> Self {
-        self.settings.max_delay = max_delay;
-        self
-    }
-
-    /// Retries of a failed batch before its writes are dead-lettered (default
-    /// [`DEFAULT_MAX_RETRIES`]).
-    #[must_use]
-    pub fn max_retries(mut self, max_retries: u32) -> Self {
-        self.settings.max_retries = max_retries;
-        self
-    }
-
-    /// The first and the longest pause between retries (defaults [`DEFAULT_INITIAL_BACKOFF`],
-    /// [`DEFAULT_MAX_BACKOFF`]); the pause doubles each time, with up to 50 % taken off at random.
-    #[must_use]
-    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.settings.initial_backoff = initial;
-        self.settings.max_backoff = max;
-        self
-    }
-
-    /// The bound on one call to the writer (default [`DEFAULT_WRITE_TIMEOUT`]).
-    #[must_use]
-    pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.write_timeout = timeout;
-        self
-    }
-
-    /// Called with each write that could not reach the source after its retries. It runs on the
-    /// worker: keep it short. A panic in it is caught and logged. Without a hook, dead letters are
-    /// logged at error level.
-    #[must_use]
-    pub fn dead_letter(mut self, hook: impl Fn(DeadLetter<'_, V>) + Send + Sync + 'static) -> Self {
-        self.dead_letter = Some(Arc::new(hook));
-        self
-    }
-
-    /// In memory: whether a dead-lettered key is removed from the cache (default `true`), so the
-    /// cache does not keep a value the source never got; a key with a newer write queued since is
-    /// left alone. Durable mode never evicts: its dead letters stay in the journal and are tried
-    /// again (see [`keep_failed`](Self::keep_failed)), and a newer write of the key may be in
-    /// another process's hands.
-    #[must_use]
-    pub fn evict_on_dead_letter(mut self, evict: bool) -> Self {
-        self.settings.evict_on_dead_letter = evict;
-        self
-    }
-
-    /// Durable mode: journal every write in `journal` before accepting it, values encoded as JSON.
-    #[must_use]
-    pub fn durable(self, journal: Arc<dyn WriteJournal>) -> Self
-    where
-        JsonCodec: PayloadCodec<V>,
-    {
-        self.durable_with_codec(journal, JsonCodec)
-    }
-
-    /// Durable mode with values encoded by `codec` (every `layercache_core::Codec` is a
-    /// [`PayloadCodec`] for serde types).
-    #[must_use]
-    pub fn durable_with_codec(
-        mut self,
-        journal: Arc<dyn WriteJournal>,
-        codec: impl PayloadCodec<V>,
-    ) -> Self {
-        self.journal = Some((journal, Arc::new(codec)));
-        self
-    }
-
-    /// Durable: this worker's consumer name in the group (default `wb-<pid>-<random>`, new at
-    /// each start). Reuse a name only for the same worker restarted.
-    #[must_use]
-    pub fn consumer(mut self, name: impl Into<String>) -> Self {
-        self.durable.consumer = name.into();
-        self
-    }
-
-    /// Durable: how long an entry must have been pending before this worker takes it over (default
-    /// [`DEFAULT_CLAIM_IDLE`]). It must exceed the longest a batch can take, retries included.
-    #[must_use]
-    pub fn claim_idle(mut self, idle: Duration) -> Self {
-        self.durable.claim_idle = idle;
-        self
-    }
-
-    /// Durable: how often the worker looks for stale entries (default [`DEFAULT_CLAIM_INTERVAL`];
-    /// it also looks at start).
-    #[must_use]
-    pub fn claim_interval(mut self, interval: Duration) -> Self {
-        self.durable.claim_interval = interval;
-        self
-    }
-
-    /// Durable: the longest blocking read of the journal (default [`DEFAULT_READ_BLOCK`]).
-    #[must_use]
-    pub fn read_block(mut self, block: Duration) -> Self {
-        self.durable.read_block = block;
-        self
-    }
-
-    /// Durable: whether dead-lettered entries stay pending in the journal (default `true`), to be
-    /// taken over and tried again after [`claim_idle`](Self::claim_idle) — nothing accepted is
-    /// dropped, and the hook may see a write more than once. With `false` they are acknowledged
-    /// after the hook.
-    #[must_use]
-    pub fn keep_failed(mut self, keep: bool) -> Self {
-        self.durable.keep_failed = keep;
-        self
-    }
-
-    fn check(&self) -> Result<()> {
-        let s = &self.settings;
-        s.options.validate()?;
-        if s.capacity == 0 || s.batch_size == 0 {
-            return Err(Error::config(
-                "write-behind capacity and batch size must be greater than zero",
-            ));
-        }
-        if s.max_delay.is_zero() || s.write_timeout.is_zero() {
-            return Err(Error::config(
-                "write-behind max delay and write timeout must be greater than zero",
-            ));
-        }
-        if s.initial_backoff > s.max_backoff {
-            return Err(Error::config(
-                "write-behind initial backoff must not exceed the max backoff",
-            ));
-        }
-        if self.journal.is_some() {
-            self.durable.check()?;
-        }
-        Ok(())
-    }
-
-    /// Checks the settings and starts the worker on the current tokio runtime (a `Config` error
-    /// outside one).
-    pub fn build(self) -> Result<WriteBehind<V>> {
-        self.check()?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::config("WriteBehind::build must run inside a tokio runtime"))?;
-        let queue = match self.journal {
-            Some((journal, codec)) => Queue::Durable(Durable::new(durable::Config::new(
-                journal,
-                codec,
-                self.durable,
-            ))),
-            None => Queue::Memory(MemoryQueue::new()),
-        };
-        let shared = Arc::new(Shared {
-            cache: self.cache,
-            writer: self.writer,
-            settings: self.settings,
-            dead_letter: self.dead_letter,
-            queue,
-            counters: Counters::default(),
-            stripes: (0..STRIPES)
-                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
-                .collect(),
-            hasher: RandomState::new(),
-            closing: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
-            wake: Notify::new(),
-            progress: Notify::new(),
-            worker: Mutex::new(None),
-        });
-        let worker_shared = Arc::clone(&shared);
-        let worker = runtime.spawn(async move {
-            let stopped = StoppedOnDrop(Arc::clone(&worker_shared));
-            match &worker_shared.queue {
-                Queue::Memory(queue) => queue.run(&worker_shared).await,
-                Queue::Durable(durable) => durable.run(&worker_shared).await,
-            }
-            drop(stopped);
-        });
-        *lock(&shared.worker) = Some(worker);
-        Ok(WriteBehind {
-            _handle: Arc::new(Handle(Arc::clone(&shared))),
-            shared,
-        })
     }
 }
