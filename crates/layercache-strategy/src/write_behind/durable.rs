@@ -216,7 +216,7 @@ where
             capacity: shared.settings.capacity,
         };
         let deadline = match shared.settings.when_full {
-            WhenFull::Wait { max: Some(max) } => Some(Instant::now() + max),
+            WhenFull::Wait { max: Some(max) } => Instant::now().checked_add(max),
             _ => None,
         };
         loop {

@@ -73,7 +73,7 @@ where
         let capacity = shared.settings.capacity;
         let mut op = Some(op);
         let deadline = match shared.settings.when_full {
-            WhenFull::Wait { max: Some(max) } => Some(Instant::now() + max),
+            WhenFull::Wait { max: Some(max) } => Instant::now().checked_add(max),
             _ => None,
         };
         loop {
