@@ -84,7 +84,6 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
             match self.tiers.l1_entry(key) {
                 Some(entry) if entry.meta.is_fresh(now) => {
                     counters.bump_l1_hits();
-                    counters.bump_hits();
                     self.on_hit(key, &entry, options, now, || {
                         from_loader(Arc::clone(loader))
                     });
@@ -193,13 +192,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                     None => Err(Error::loader("a bulk read lost a key")),
                 };
                 out[i] = Some(outcome.map(|served| {
-                    if served.stale {
-                        counters.bump_stale_served();
-                    } else if led.contains(key) {
-                        counters.bump_misses();
-                    } else {
-                        counters.bump_coalesced();
-                    }
+                    served.count(led.contains(key), counters);
                     served.value
                 }));
             }
@@ -251,7 +244,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                     ) {
                         self.tiers.store(ticket, entry).await;
                     }
-                    out.push(Ok(Served::fresh(value)));
+                    out.push(Ok(Served::loaded(value)));
                 }
             }
             Err(error) => {

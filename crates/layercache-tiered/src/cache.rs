@@ -155,7 +155,6 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         let previous = match found {
             Some(entry) if entry.meta.is_fresh(now) => {
                 counters.bump_l1_hits();
-                counters.bump_hits();
                 runtime.on_hit(key, &entry, options, now, make_load);
                 return Ok(entry.value);
             }
@@ -440,7 +439,8 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
             L2Stats::Redis(redis) => redis.stats().decode_failures,
         };
         TieredStats {
-            hits: c.hits.load(Relaxed),
+            // L1 hits are counted once, as `l1_hits`: one atomic on the hit path.
+            hits: c.hits.load(Relaxed) + c.l1_hits.load(Relaxed),
             misses: c.misses.load(Relaxed),
             coalesced: c.coalesced.load(Relaxed),
             stale_served: c.stale_served.load(Relaxed),

@@ -30,23 +30,55 @@ use layercache_stampede::{DistributedLock, EarlyExpiry, OnLockTimeout, SingleFli
 use crate::loaded::LoadFn;
 use crate::tiers::{Stored, Tiers};
 
-/// What a flight hands its callers: the value, and whether it is a stale one (fail-safe).
+/// Where a flight's value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A fresh value a tier held (L1 after another flight landed, L2, another process's load).
+    Cached,
+    /// The loader.
+    Loaded,
+    /// A stale value (fail-safe, soft timeout, lock timeout).
+    Stale,
+}
+
+/// What a flight hands its callers: the value and where it came from.
 #[derive(Clone, Debug)]
 pub(crate) struct Served<V> {
     pub(crate) value: Option<V>,
-    pub(crate) stale: bool,
+    pub(crate) origin: Origin,
 }
 
 impl<V> Served<V> {
-    pub(crate) fn fresh(value: Option<V>) -> Self {
+    pub(crate) fn cached(value: Option<V>) -> Self {
         Served {
             value,
-            stale: false,
+            origin: Origin::Cached,
+        }
+    }
+
+    pub(crate) fn loaded(value: Option<V>) -> Self {
+        Served {
+            value,
+            origin: Origin::Loaded,
         }
     }
 
     pub(crate) fn stale(value: Option<V>) -> Self {
-        Served { value, stale: true }
+        Served {
+            value,
+            origin: Origin::Stale,
+        }
+    }
+
+    /// Counts the read that got this: a hit, a miss (it led the load), coalesced (it waited for
+    /// another caller's flight) or stale served.
+    pub(crate) fn count(&self, led: bool, counters: &crate::stats::Counters) {
+        match (self.origin, led) {
+            (Origin::Stale, _) => counters.bump_stale_served(),
+            (_, false) => counters.bump_coalesced(),
+            (Origin::Cached, true) => counters.bump_hits(),
+            (Origin::Loaded, true) => counters.bump_misses(),
+        }
     }
 }
 
@@ -172,13 +204,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
             _ => self.flights.wait(key, waiter).await,
         };
         let served = outcome?;
-        if served.stale {
-            counters.bump_stale_served();
-        } else if led {
-            counters.bump_misses();
-        } else {
-            counters.bump_coalesced();
-        }
+        served.count(led, counters);
         Ok(served.value)
     }
 
@@ -197,14 +223,14 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
             && entry.meta.is_fresh(now)
             && newer(&entry, seen.as_ref())
         {
-            return Ok(Served::fresh(entry.value));
+            return Ok(Served::cached(entry.value));
         }
         let mut previous = previous;
         if let Some(entry) = self.tiers.l2_entry(&key).await {
             let now = self.now();
             if entry.meta.is_fresh(now) && newer(&entry, seen.as_ref()) {
                 self.tiers.refill(&ticket, &entry);
-                return Ok(Served::fresh(entry.value));
+                return Ok(Served::cached(entry.value));
             }
             if !entry.meta.is_expired(now) && newer(&entry, previous.as_ref().map(|p| &p.meta)) {
                 previous = Some(entry);
@@ -245,7 +271,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                     let served = match fresh_in_l2().await {
                         Some(entry) => {
                             self.tiers.refill(ticket, &entry);
-                            Ok(Served::fresh(entry.value))
+                            Ok(Served::cached(entry.value))
                         }
                         None => self.load(ticket, options, previous, load).await,
                     };
@@ -281,7 +307,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
             if let Some(entry) = fresh_in_l2().await {
                 counters.bump_lock_waits_served();
                 self.tiers.refill(ticket, &entry);
-                return Ok(Served::fresh(entry.value));
+                return Ok(Served::cached(entry.value));
             }
         }
     }
@@ -310,7 +336,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                 {
                     self.tiers.store(ticket, entry).await;
                 }
-                Ok(Served::fresh(value))
+                Ok(Served::loaded(value))
             }
             Err(error) => {
                 counters.bump_load_errors();

@@ -65,7 +65,7 @@ pub struct TieredStats {
     pub coalesced: u64,
     /// Reads answered by a stale value (fail-safe, soft timeout, stale-while-revalidate, lock wait).
     pub stale_served: u64,
-    /// Reads answered by L1.
+    /// Reads answered by a fresh value in L1 (part of `hits`).
     pub l1_hits: u64,
     /// Reads L1 could not answer.
     pub l1_misses: u64,
