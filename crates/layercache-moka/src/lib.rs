@@ -308,6 +308,18 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
         }
     }
 
+    /// The live entry under `key`, without a future and without counting it in
+    /// [`stats`](Self::stats): for callers that keep their own hit counters (the two-tier cache's
+    /// L1 hit path, where every atomic shows).
+    pub fn lookup(&self, key: &Key) -> Option<Entry<V>> {
+        let entry = self.cache.get(key)?;
+        // moka expires by its own monotonic clock; checking an injected clock too keeps it exact.
+        if self.exact_clock && entry.meta.is_expired(self.clock.now()) {
+            return None;
+        }
+        Some(Entry::clone(&entry))
+    }
+
     /// Removes `key` without a future; `true` when it was present.
     pub fn remove_entry(&self, key: &Key) -> bool {
         self.cache.remove(key).is_some()

@@ -89,7 +89,7 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
 
     /// The L1 entry of `key`, without a future.
     pub(crate) fn l1_entry(&self, key: &Key) -> Option<Stored<V>> {
-        self.l1.as_ref()?.get_entry(key)
+        self.l1.as_ref()?.lookup(key)
     }
 
     /// The L2 entry of `key`; L2 failures (and an open circuit) read as a miss, counted.
