@@ -244,8 +244,9 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
     pub async fn get(&self, key: &Key) -> Result<Option<V>> {
         let tiers = &self.runtime.tiers;
         let now = self.runtime.now();
+        // A peek, not a read: it is not counted among hits and misses (L2's own counters count
+        // its L2 call).
         if let Some(entry) = tiers.l1_entry(key).filter(|e| e.meta.is_fresh(now)) {
-            tiers.counters.bump_l1_hits();
             return Ok(entry.value);
         }
         let ticket = tiers.versions.begin(key);
