@@ -39,7 +39,9 @@ type Tier<V> = Arc<dyn Backend<Option<V>>>;
 
 #[cfg(feature = "redis")]
 type ConnectRedis<V> = Box<
-    dyn FnOnce(Duration, SharedClock) -> Result<(Tier<V>, layercache_redis::RedisBackend)> + Send,
+    dyn FnOnce(Duration, SharedClock) -> Result<(Tier<V>, layercache_redis::RedisBackend)>
+        + Send
+        + Sync,
 >;
 
 pub(crate) enum L2Source<V> {

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+mod api;
 mod bulk;
 mod configurations;
 mod faults;
