@@ -14,7 +14,8 @@
 //! use layercache_core::Key;
 //! use layercache_stampede::SingleFlight;
 //!
-//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! // One thread, so both calls are made before the first flight's task can run and land.
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let flights = SingleFlight::<String>::new();
 //! let key = Key::new("k")?;
 //! let (a, b) = tokio::join!(

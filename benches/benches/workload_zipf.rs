@@ -1,0 +1,506 @@
+//! `workload_zipf`: a skewed read workload over many keys, layercache against a hand-written
+//! cache-aside in the same run (the first deliverable of issue 9, "a lean request path").
+//!
+//! Data: [`KEYS`] keys, each holding a 1 KiB [`Payload`] (`Payload::new(i)` for key `i`), ALL
+//! present in a real `redis-server` on loopback (started by `layercache-testkit`) before the group
+//! runs, twice: as `Entry<Option<Payload>>` envelopes (what a `TieredCache<Payload>` reads; written
+//! through a separate `RedisBackend`) and as plain JSON under another namespace (what the raw
+//! prototype reads).
+//!
+//! Trace: [`TRACE_LEN`] requests drawn from Zipf([`ZIPF_S`]) over the keys with a seeded
+//! generator (SplitMix64, a CDF table and a binary search; the ranks are mapped to keys through a
+//! seeded permutation), computed once and shared by every id. One criterion iteration is one
+//! chunk of [`CHUNK`] consecutive requests of the trace, served by [`TASKS`] tokio tasks (task `t`
+//! takes requests `t`, `t + TASKS`, ...); `iter_custom` times whole chunks. Each id keeps a cursor
+//! through the trace across iterations (wrapping at the end), so its cache sees the trace in order.
+//! The runtime is tokio multi-thread with 2 workers for every id.
+//!
+//! - `raw_prototype`: no code of ours: `moka::future::Cache<u64, Arc<Payload>>` (at most
+//!   [`L1_MAX_ENTRIES`]) in front of one redis-rs `ConnectionManager`; on a miss, GET the plain
+//!   JSON, `serde_json::from_slice`, insert.
+//! - `tiered`: `TieredCache::<Payload>` built as the README recommends (`.redis_url(..)`,
+//!   `.l1_max_entries(L1_MAX_ENTRIES)`, `.options(EntryOptions::new(1 h))`, `.l2_timeout(1 s)`),
+//!   read with `get_or_load`; the loader never runs (every key is in Redis; checked).
+//! - `l2_only`: the same cache with `.without_l1()`.
+//!
+//! Every [`CHECK_EVERY`]th request of the trace checks the value's `id` against the key's number
+//! (asserted at the end). After the group, ops/s (requests / total timed time, warm-up included)
+//! and the L1 hit ratio of each id are printed to stderr. See `docs/benchmarks.md`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    reason = "benchmark harness"
+)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use benches::Payload;
+use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
+use layercache_core::{Backend, Clock, EntryOptions, Key, KeySpace, SystemClock};
+use layercache_redis::RedisBackend;
+use layercache_testkit::RedisServer;
+use layercache_tiered::TieredCache;
+use redis::aio::ConnectionManager;
+use tokio::task::JoinSet;
+
+/// Distinct keys, all in Redis.
+const KEYS: usize = 100_000;
+/// Requests in the precomputed trace.
+const TRACE_LEN: usize = 1_000_000;
+/// Requests per criterion iteration (a multiple of which is `TRACE_LEN`).
+const CHUNK: usize = 10_000;
+/// Concurrent tokio tasks sharing one chunk.
+const TASKS: usize = 64;
+/// The Zipf exponent.
+const ZIPF_S: f64 = 0.99;
+/// The trace's seed.
+const SEED: u64 = 0x5EED_0009_2F1F_0099;
+/// L1 bound (entries) of `raw_prototype` and `tiered`.
+const L1_MAX_ENTRIES: u64 = 10_000;
+/// Long enough that nothing expires during the run.
+const TTL: Duration = Duration::from_secs(3600);
+/// Keys per pipelined write when filling Redis.
+const WRITE_BATCH: usize = 5_000;
+/// Every this many-th request of the trace checks its value.
+const CHECK_EVERY: usize = 1_000;
+
+const _: () = assert!(TRACE_LEN.is_multiple_of(CHUNK));
+
+/// SplitMix64: a small, seeded, good-enough generator for a reproducible trace.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`, 53 bits.
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1_u64 << 53) as f64)
+    }
+
+    /// Uniform in `[0, n)` (the modulo bias is negligible for `n` far below 2^64).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// `len` key numbers drawn from Zipf(`s`) over `n` keys: rank `r` (0 = hottest) has weight
+/// `1 / (r + 1)^s`; ranks map to key numbers through a seeded permutation.
+fn zipf_trace(n: usize, s: f64, len: usize, seed: u64) -> Vec<u32> {
+    let mut rng = SplitMix64(seed);
+    let mut cdf = Vec::with_capacity(n);
+    let mut total = 0.0_f64;
+    for rank in 0..n {
+        total += 1.0 / ((rank + 1) as f64).powf(s);
+        cdf.push(total);
+    }
+    for c in &mut cdf {
+        *c /= total;
+    }
+    let mut key_of_rank: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        key_of_rank.swap(i, rng.below(i + 1));
+    }
+    (0..len)
+        .map(|_| {
+            let u = rng.next_f64();
+            let rank = cdf.partition_point(|&c| c <= u).min(n - 1);
+            key_of_rank[rank]
+        })
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// What every id shares.
+struct Fixture {
+    trace: Arc<Vec<u32>>,
+    /// `keys[i]`: the envelope key of `Payload::new(i)`.
+    keys: Arc<Vec<Key>>,
+    /// `raw_keys[i]`: the plain-JSON key of `Payload::new(i)`.
+    raw_keys: Arc<Vec<String>>,
+}
+
+/// Per-id tallies, for the summary printed after the group.
+#[derive(Default)]
+struct Tally {
+    requests: AtomicU64,
+    nanos: AtomicU64,
+    /// Raw prototype only: requests answered by its moka cache.
+    l1_hits: AtomicU64,
+    checked: AtomicU64,
+    mismatched: AtomicU64,
+}
+
+impl Tally {
+    fn record(&self, requests: usize, elapsed: Duration) {
+        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
+        self.nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn ops_per_sec(&self) -> f64 {
+        let nanos = self.nanos.load(Ordering::Relaxed);
+        if nanos == 0 {
+            return 0.0;
+        }
+        self.requests.load(Ordering::Relaxed) as f64 / (nanos as f64 / 1e9)
+    }
+
+    fn check(&self, ok: bool) {
+        self.checked.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.mismatched.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn assert_correct(&self, id: &str) {
+        let (checked, bad) = (
+            self.checked.load(Ordering::Relaxed),
+            self.mismatched.load(Ordering::Relaxed),
+        );
+        assert!(checked > 0, "{id}: no value was checked");
+        assert_eq!(bad, 0, "{id}: {bad} of {checked} checked values were wrong");
+    }
+}
+
+fn fixture(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Fixture {
+    let started = Instant::now();
+    let trace = zipf_trace(KEYS, ZIPF_S, TRACE_LEN, SEED);
+    let ns = KeySpace::new("bench")
+        .expect("key space")
+        .namespace("zipf")
+        .expect("namespace");
+    let raw_ns = KeySpace::new("bench")
+        .expect("key space")
+        .namespace("zipf_raw")
+        .expect("namespace");
+    let keys: Vec<Key> = (0..KEYS)
+        .map(|i| ns.key(&i.to_string()).expect("key"))
+        .collect();
+    let raw_keys: Vec<String> = (0..KEYS)
+        .map(|i| raw_ns.key(&i.to_string()).expect("key").as_str().to_owned())
+        .collect();
+    rt.block_on(async {
+        // The envelopes, written by a separate backend, exactly as a TieredCache<Payload> stores them.
+        let writer = RedisBackend::connect(server.url())
+            .await
+            .expect("redis backend");
+        let now = SystemClock.now();
+        for (start, batch) in keys.chunks(WRITE_BATCH).enumerate() {
+            let items = batch
+                .iter()
+                .enumerate()
+                .map(|(j, key)| {
+                    let id = (start * WRITE_BATCH + j) as u64;
+                    let entry = EntryOptions::new(TTL)
+                        .entry(Some(Payload::new(id)), now, Duration::ZERO)
+                        .expect("entry");
+                    (key.clone(), entry)
+                })
+                .collect();
+            Backend::<Option<Payload>>::set_many(&writer, items)
+                .await
+                .expect("l2 set_many");
+        }
+
+        // The plain JSON, for the raw prototype.
+        let client = redis::Client::open(server.url()).expect("redis url");
+        let mut manager = ConnectionManager::new(client)
+            .await
+            .expect("redis connection");
+        for (start, batch) in raw_keys.chunks(WRITE_BATCH).enumerate() {
+            let mut pipe = redis::pipe();
+            for (j, key) in batch.iter().enumerate() {
+                let id = (start * WRITE_BATCH + j) as u64;
+                let json = serde_json::to_vec(&Payload::new(id)).expect("payload encodes");
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(json)
+                    .arg("EX")
+                    .arg(TTL.as_secs())
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut manager).await.expect("raw set");
+        }
+        let dbsize: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut manager)
+            .await
+            .expect("dbsize");
+        assert_eq!(dbsize, 2 * KEYS as u64, "every key is in Redis");
+    });
+    eprintln!(
+        "workload_zipf: trace of {TRACE_LEN} requests, {} distinct keys; {KEYS} keys written twice \
+         to Redis in {:.1?}",
+        {
+            let mut seen = vec![false; KEYS];
+            trace.iter().for_each(|&k| seen[k as usize] = true);
+            seen.iter().filter(|&&s| s).count()
+        },
+        started.elapsed()
+    );
+    Fixture {
+        trace: Arc::new(trace),
+        keys: Arc::new(keys),
+        raw_keys: Arc::new(raw_keys),
+    }
+}
+
+/// The hand-written cache-aside: moka in front of one redis-rs connection manager.
+#[derive(Clone)]
+struct RawPrototype {
+    l1: moka::future::Cache<u64, Arc<Payload>>,
+    redis: ConnectionManager,
+    raw_keys: Arc<Vec<String>>,
+}
+
+impl RawPrototype {
+    /// The value of key `id`, and whether moka answered.
+    async fn get(&mut self, id: u64) -> (Arc<Payload>, bool) {
+        if let Some(hit) = self.l1.get(&id).await {
+            return (hit, true);
+        }
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.raw_keys[id as usize].as_str())
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+        let value = Arc::new(serde_json::from_slice::<Payload>(&bytes.expect("in redis")).unwrap());
+        self.l1.insert(id, Arc::clone(&value)).await;
+        (value, false)
+    }
+}
+
+/// Serves `CHUNK` requests of `trace` from `start` with `TASKS` tasks; returns the elapsed time.
+async fn run_raw_chunk(
+    raw: &RawPrototype,
+    trace: &Arc<Vec<u32>>,
+    start: usize,
+    tally: &Arc<Tally>,
+) -> Duration {
+    let began = Instant::now();
+    let mut tasks = JoinSet::new();
+    for t in 0..TASKS {
+        let (mut raw, trace, tally) = (raw.clone(), Arc::clone(trace), Arc::clone(tally));
+        tasks.spawn(async move {
+            let mut hits = 0_u64;
+            for i in (start + t..start + CHUNK).step_by(TASKS) {
+                let id = u64::from(trace[i]);
+                let (value, hit) = raw.get(id).await;
+                hits += u64::from(hit);
+                if i.is_multiple_of(CHECK_EVERY) {
+                    tally.check(value.id == id);
+                }
+                black_box(value);
+            }
+            tally.l1_hits.fetch_add(hits, Ordering::Relaxed);
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    began.elapsed()
+}
+
+/// Serves `CHUNK` requests of `trace` from `start` with `TASKS` tasks through `cache`; returns
+/// the elapsed time.
+async fn run_tiered_chunk(
+    cache: &Arc<TieredCache<Payload>>,
+    fx: &Fixture,
+    start: usize,
+    tally: &Arc<Tally>,
+) -> Duration {
+    let began = Instant::now();
+    let mut tasks = JoinSet::new();
+    for t in 0..TASKS {
+        let (cache, trace, keys, tally) = (
+            Arc::clone(cache),
+            Arc::clone(&fx.trace),
+            Arc::clone(&fx.keys),
+            Arc::clone(tally),
+        );
+        tasks.spawn(async move {
+            for i in (start + t..start + CHUNK).step_by(TASKS) {
+                let id = trace[i] as usize;
+                let value = cache
+                    .get_or_load(&keys[id], |_key| async {
+                        Ok::<_, layercache_core::Error>(None)
+                    })
+                    .await
+                    .unwrap()
+                    .expect("every key is in Redis");
+                if i.is_multiple_of(CHECK_EVERY) {
+                    tally.check(value.id == id as u64);
+                }
+                black_box(value);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    began.elapsed()
+}
+
+fn tiered_cache(rt: &tokio::runtime::Runtime, url: &str, l1: bool) -> Arc<TieredCache<Payload>> {
+    // `redis_url` connects lazily, which spawns onto the runtime: build inside it.
+    let _runtime_context = rt.enter();
+    let builder = TieredCache::<Payload>::builder()
+        .redis_url(url)
+        .l1_max_entries(L1_MAX_ENTRIES)
+        .options(EntryOptions::new(TTL))
+        .l2_timeout(Duration::from_secs(1));
+    let builder = if l1 { builder } else { builder.without_l1() };
+    Arc::new(builder.build().expect("tiered cache"))
+}
+
+fn workload_zipf(c: &mut Criterion) {
+    let rt = runtime();
+    // Kept alive until the end of the group; dropping it stops the server.
+    let server = RedisServer::start();
+    let fx = fixture(&rt, &server);
+
+    let raw = rt.block_on(async {
+        let client = redis::Client::open(server.url()).expect("redis url");
+        RawPrototype {
+            l1: moka::future::Cache::builder()
+                .max_capacity(L1_MAX_ENTRIES)
+                .build(),
+            redis: ConnectionManager::new(client)
+                .await
+                .expect("redis connection"),
+            raw_keys: Arc::clone(&fx.raw_keys),
+        }
+    });
+    let tiered = tiered_cache(&rt, &server.url(), true);
+    let l2_only = tiered_cache(&rt, &server.url(), false);
+
+    let raw_tally = Arc::new(Tally::default());
+    let tiered_tally = Arc::new(Tally::default());
+    let l2_only_tally = Arc::new(Tally::default());
+
+    let mut group = c.benchmark_group("workload_zipf");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
+
+    let mut cursor = 0_usize;
+    group.bench_function("raw_prototype", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (raw, trace, tally) = (&raw, &fx.trace, &raw_tally);
+            let first = cursor;
+            cursor = (cursor + iters as usize * CHUNK) % TRACE_LEN;
+            async move {
+                let mut elapsed = Duration::ZERO;
+                for n in 0..iters as usize {
+                    let start = (first + n * CHUNK) % TRACE_LEN;
+                    let took = run_raw_chunk(raw, trace, start, tally).await;
+                    tally.record(CHUNK, took);
+                    elapsed += took;
+                }
+                elapsed
+            }
+        });
+    });
+
+    for (id, cache, tally) in [
+        ("tiered", &tiered, &tiered_tally),
+        ("l2_only", &l2_only, &l2_only_tally),
+    ] {
+        let mut cursor = 0_usize;
+        group.bench_function(id, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let fx = &fx;
+                let first = cursor;
+                cursor = (cursor + iters as usize * CHUNK) % TRACE_LEN;
+                async move {
+                    let mut elapsed = Duration::ZERO;
+                    for n in 0..iters as usize {
+                        let start = (first + n * CHUNK) % TRACE_LEN;
+                        let took = run_tiered_chunk(cache, fx, start, tally).await;
+                        tally.record(CHUNK, took);
+                        elapsed += took;
+                    }
+                    elapsed
+                }
+            });
+        });
+    }
+
+    group.finish();
+
+    raw_tally.assert_correct("raw_prototype");
+    tiered_tally.assert_correct("tiered");
+    l2_only_tally.assert_correct("l2_only");
+    for (id, cache) in [("tiered", &tiered), ("l2_only", &l2_only)] {
+        let stats = cache.stats();
+        assert_eq!(stats.loads, 0, "{id}: the loader ran: {stats:?}");
+        assert_eq!(stats.l2_misses, 0, "{id}: an L2 miss: {stats:?}");
+        assert_eq!(stats.l2_errors, 0, "{id}: an L2 error: {stats:?}");
+    }
+
+    let ratio = |hits: u64, reads: u64| {
+        if reads == 0 {
+            0.0
+        } else {
+            hits as f64 / reads as f64
+        }
+    };
+    let raw_reads = raw_tally.requests.load(Ordering::Relaxed);
+    let tiered_reads = tiered_tally.requests.load(Ordering::Relaxed);
+    let tiered_stats = tiered.stats();
+    let l2_stats = l2_only.stats();
+    eprintln!(
+        "workload_zipf summary (ops/s = requests / total timed time, warm-up included; {TASKS} \
+         tasks, {CHUNK} requests per iteration, tokio multi-thread with 2 workers):"
+    );
+    eprintln!(
+        "  raw_prototype: {raw_reads} requests, {:.0} ops/s, L1 hit ratio {:.4}",
+        raw_tally.ops_per_sec(),
+        ratio(raw_tally.l1_hits.load(Ordering::Relaxed), raw_reads),
+    );
+    eprintln!(
+        "  tiered:        {tiered_reads} requests, {:.0} ops/s, L1 hit ratio {:.4} (l1_hits {}, \
+         l1_misses {}, l2_hits {}, coalesced {})",
+        tiered_tally.ops_per_sec(),
+        ratio(tiered_stats.l1_hits, tiered_reads),
+        tiered_stats.l1_hits,
+        tiered_stats.l1_misses,
+        tiered_stats.l2_hits,
+        tiered_stats.coalesced,
+    );
+    eprintln!(
+        "  l2_only:       {} requests, {:.0} ops/s, L1 hit ratio n/a (l2_hits {}, coalesced {})",
+        l2_only_tally.requests.load(Ordering::Relaxed),
+        l2_only_tally.ops_per_sec(),
+        l2_stats.l2_hits,
+        l2_stats.coalesced,
+    );
+    eprintln!(
+        "  ops/s ratios: tiered/raw_prototype {:.3}, l2_only/raw_prototype {:.3}",
+        tiered_tally.ops_per_sec() / raw_tally.ops_per_sec(),
+        l2_only_tally.ops_per_sec() / raw_tally.ops_per_sec(),
+    );
+    drop(server);
+}
+
+criterion_group!(benches, workload_zipf);
+criterion_main!(benches);
