@@ -199,7 +199,11 @@ fn fixture(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Fixture {
         .collect();
     rt.block_on(async {
         // The envelopes, written by a separate backend, exactly as a TieredCache<Payload> stores them.
-        let writer = RedisBackend::connect(server.url())
+        // Pipelines of thousands of 1 KiB values: a long command timeout, so a busy machine (or a
+        // debug build under `cargo test --all-targets`) does not fail the setup.
+        let writer = RedisBackend::builder(server.url())
+            .command_timeout(Duration::from_secs(60))
+            .connect()
             .await
             .expect("redis backend");
         let now = SystemClock.now();
@@ -222,7 +226,9 @@ fn fixture(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Fixture {
 
         // The plain JSON, for the raw prototype.
         let client = redis::Client::open(server.url()).expect("redis url");
-        let mut manager = ConnectionManager::new(client)
+        let setup = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(60)));
+        let mut manager = ConnectionManager::new_with_config(client, setup)
             .await
             .expect("redis connection");
         for (start, batch) in raw_keys.chunks(WRITE_BATCH).enumerate() {
