@@ -4,7 +4,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use layercache_core::{Error, Result};
 use tokio::time::Instant;
+
+use crate::stats::Counters;
 
 /// The default number of consecutive L2 failures that open the circuit.
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
@@ -53,6 +56,28 @@ pub(crate) struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
+    /// One L2 call through the breaker: skipped (and counted) while the circuit is open, its
+    /// outcome reported to the breaker, its failure counted. Every L2 read and write goes here.
+    pub(crate) async fn call<T>(
+        &self,
+        counters: &Counters,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        if !self.allow() {
+            counters.bump_l2_skipped();
+            return Err(Error::unavailable("the L2 circuit is open"));
+        }
+        let result = call.await;
+        match &result {
+            Ok(_) => self.success(),
+            Err(_) => {
+                self.failure();
+                counters.bump_l2_errors();
+            }
+        }
+        result
+    }
+
     pub(crate) fn new(threshold: u32, cool_down: Duration) -> Self {
         CircuitBreaker {
             state: Mutex::new(State::Closed { failures: 0 }),

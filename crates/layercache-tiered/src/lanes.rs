@@ -314,27 +314,6 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
         }
     }
 
-    /// Whether the circuit lets a call through; counts the skip when it does not.
-    fn allowed(&self) -> Result<()> {
-        if self.breaker.allow() {
-            Ok(())
-        } else {
-            self.counters.bump_l2_skipped();
-            Err(Error::unavailable("the L2 circuit is open"))
-        }
-    }
-
-    fn judge<T>(&self, result: Result<T>) -> Result<T> {
-        match &result {
-            Ok(_) => self.breaker.success(),
-            Err(_) => {
-                self.breaker.failure();
-                self.counters.bump_l2_errors();
-            }
-        }
-        result
-    }
-
     async fn send_sets(&self, sets: &[(Key, Queued<V>)]) -> Vec<Result<bool>> {
         if sets.is_empty() {
             return Vec::new();
@@ -346,10 +325,10 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
                 L2Op::Delete => None,
             })
             .collect();
-        let result = match self.allowed() {
-            Ok(()) => self.judge(self.l2.set_many(items).await),
-            Err(error) => Err(error),
-        };
+        let result = self
+            .breaker
+            .call(&self.counters, self.l2.set_many(items))
+            .await;
         sets.iter()
             .map(|_| result.clone().map(|()| false))
             .collect()
@@ -380,8 +359,7 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
     }
 
     async fn delete(&self, key: &Key) -> Result<bool> {
-        self.allowed()?;
-        self.judge(self.l2.delete(key).await)
+        self.breaker.call(&self.counters, self.l2.delete(key)).await
     }
 
     /// Completes one sent write; returns the delete to retry when it failed.

@@ -95,23 +95,12 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
     /// The L2 entry of `key`; L2 failures (and an open circuit) read as a miss, counted.
     pub(crate) async fn l2_entry(&self, key: &Key) -> Option<Stored<V>> {
         let l2 = self.l2.as_ref()?;
-        if !self.breaker.allow() {
-            self.counters.bump_l2_skipped();
-            return None;
-        }
-        match l2.get(key).await {
+        match self.breaker.call(&self.counters, l2.get(key)).await {
             Ok(found) => {
-                self.breaker.success();
-                if found.is_some() {
-                    self.counters.bump_l2_hits();
-                } else {
-                    self.counters.bump_l2_misses();
-                }
+                self.count_l2_read(found.is_some());
                 found
             }
             Err(error) => {
-                self.breaker.failure();
-                self.counters.bump_l2_errors();
                 tracing::debug!(%key, %error, "L2 read failed; reading as a miss");
                 None
             }
@@ -127,27 +116,35 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
         if keys.is_empty() {
             return Vec::new();
         }
-        if !self.breaker.allow() {
-            self.counters.bump_l2_skipped();
-            return misses();
-        }
-        match l2.get_many(keys).await {
-            Ok(found) if found.len() == keys.len() => {
-                self.breaker.success();
-                for entry in &found {
-                    if entry.is_some() {
-                        self.counters.bump_l2_hits();
-                    } else {
-                        self.counters.bump_l2_misses();
-                    }
-                }
+        let read = async {
+            let found = l2.get_many(keys).await?;
+            if found.len() == keys.len() {
+                Ok(found)
+            } else {
+                Err(Error::unavailable(format!(
+                    "L2 answered {} entries for {} keys",
+                    found.len(),
+                    keys.len()
+                )))
+            }
+        };
+        match self.breaker.call(&self.counters, read).await {
+            Ok(found) => {
+                found.iter().for_each(|e| self.count_l2_read(e.is_some()));
                 found
             }
-            Ok(_) | Err(_) => {
-                self.breaker.failure();
-                self.counters.bump_l2_errors();
+            Err(error) => {
+                tracing::debug!(%error, "L2 batch read failed; reading as misses");
                 misses()
             }
+        }
+    }
+
+    fn count_l2_read(&self, hit: bool) {
+        if hit {
+            self.counters.bump_l2_hits();
+        } else {
+            self.counters.bump_l2_misses();
         }
     }
 
