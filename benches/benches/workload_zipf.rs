@@ -18,14 +18,19 @@
 //! - `raw_prototype`: no code of ours: `moka::future::Cache<u64, Arc<Payload>>` (at most
 //!   [`L1_MAX_ENTRIES`]) in front of one redis-rs `ConnectionManager`; on a miss, GET the plain
 //!   JSON, `serde_json::from_slice`, insert.
-//! - `tiered`: `TieredCache::<Payload>` built as the README recommends (`.redis_url(..)`,
-//!   `.l1_max_entries(L1_MAX_ENTRIES)`, `.options(EntryOptions::new(1 h))`, `.l2_timeout(1 s)`),
-//!   read with `get_or_load`; the loader never runs (every key is in Redis; checked).
+//! - `tiered`: `TieredCache::<Arc<Payload>>` built as the README recommends (a value costly to
+//!   clone behind an `Arc`; `.redis_url(..)`, `.l1_max_entries(L1_MAX_ENTRIES)`,
+//!   `.options(EntryOptions::new(1 h))`, `.l2_timeout(1 s)`), read with `get_or_load`; the loader
+//!   never runs (every key is in Redis; checked). The envelopes in Redis are the same bytes as a
+//!   `TieredCache<Payload>`'s (serde's `Arc` is transparent).
 //! - `l2_only`: the same cache with `.without_l1()`.
 //!
 //! Every [`CHECK_EVERY`]th request of the trace checks the value's `id` against the key's number
-//! (asserted at the end). After the group, ops/s (requests / total timed time, warm-up included)
-//! and the L1 hit ratio of each id are printed to stderr. See `docs/benchmarks.md`.
+//! (asserted at the end). After the group, each id that ran prints its ops/s (requests / total
+//! timed time, warm-up included), its L1 hit ratio and its CPU time per request (the process's
+//! CPU time over the timed chunks, all threads; Redis runs in its own process and is not counted)
+//! to stderr. Ids can be run alone (`cargo bench -p benches --bench workload_zipf -- tiered`), e.g.
+//! under `perf record`. See `docs/benchmarks.md`.
 
 #![allow(
     clippy::unwrap_used,
@@ -40,6 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use benches::Payload;
+use cpu_time::ProcessTime;
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use layercache_core::{Backend, Clock, EntryOptions, Key, KeySpace, SystemClock};
 use layercache_redis::RedisBackend;
@@ -142,6 +148,8 @@ struct Fixture {
 struct Tally {
     requests: AtomicU64,
     nanos: AtomicU64,
+    /// The process's CPU time over the timed chunks.
+    cpu_nanos: AtomicU64,
     /// Raw prototype only: requests answered by its moka cache.
     l1_hits: AtomicU64,
     checked: AtomicU64,
@@ -149,10 +157,25 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&self, requests: usize, elapsed: Duration) {
+    fn record(&self, requests: usize, elapsed: Duration, cpu: Duration) {
         self.requests.fetch_add(requests as u64, Ordering::Relaxed);
         self.nanos
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.cpu_nanos
+            .fetch_add(cpu.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn ran(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) > 0
+    }
+
+    /// CPU microseconds per request.
+    fn cpu_per_request(&self) -> f64 {
+        let requests = self.requests.load(Ordering::Relaxed);
+        if requests == 0 {
+            return 0.0;
+        }
+        self.cpu_nanos.load(Ordering::Relaxed) as f64 / 1e3 / requests as f64
     }
 
     fn ops_per_sec(&self) -> f64 {
@@ -327,7 +350,7 @@ async fn run_raw_chunk(
 /// Serves `CHUNK` requests of `trace` from `start` with `TASKS` tasks through `cache`; returns
 /// the elapsed time.
 async fn run_tiered_chunk(
-    cache: &Arc<TieredCache<Payload>>,
+    cache: &Arc<TieredCache<Arc<Payload>>>,
     fx: &Fixture,
     start: usize,
     tally: &Arc<Tally>,
@@ -364,10 +387,14 @@ async fn run_tiered_chunk(
     began.elapsed()
 }
 
-fn tiered_cache(rt: &tokio::runtime::Runtime, url: &str, l1: bool) -> Arc<TieredCache<Payload>> {
+fn tiered_cache(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    l1: bool,
+) -> Arc<TieredCache<Arc<Payload>>> {
     // `redis_url` connects lazily, which spawns onto the runtime: build inside it.
     let _runtime_context = rt.enter();
-    let builder = TieredCache::<Payload>::builder()
+    let builder = TieredCache::<Arc<Payload>>::builder()
         .redis_url(url)
         .l1_max_entries(L1_MAX_ENTRIES)
         .options(EntryOptions::new(TTL))
@@ -418,8 +445,9 @@ fn workload_zipf(c: &mut Criterion) {
                 let mut elapsed = Duration::ZERO;
                 for n in 0..iters as usize {
                     let start = (first + n * CHUNK) % TRACE_LEN;
+                    let cpu = ProcessTime::now();
                     let took = run_raw_chunk(raw, trace, start, tally).await;
-                    tally.record(CHUNK, took);
+                    tally.record(CHUNK, took, cpu.elapsed());
                     elapsed += took;
                 }
                 elapsed
@@ -441,8 +469,9 @@ fn workload_zipf(c: &mut Criterion) {
                     let mut elapsed = Duration::ZERO;
                     for n in 0..iters as usize {
                         let start = (first + n * CHUNK) % TRACE_LEN;
+                        let cpu = ProcessTime::now();
                         let took = run_tiered_chunk(cache, fx, start, tally).await;
-                        tally.record(CHUNK, took);
+                        tally.record(CHUNK, took, cpu.elapsed());
                         elapsed += took;
                     }
                     elapsed
@@ -453,16 +482,6 @@ fn workload_zipf(c: &mut Criterion) {
 
     group.finish();
 
-    raw_tally.assert_correct("raw_prototype");
-    tiered_tally.assert_correct("tiered");
-    l2_only_tally.assert_correct("l2_only");
-    for (id, cache) in [("tiered", &tiered), ("l2_only", &l2_only)] {
-        let stats = cache.stats();
-        assert_eq!(stats.loads, 0, "{id}: the loader ran: {stats:?}");
-        assert_eq!(stats.l2_misses, 0, "{id}: an L2 miss: {stats:?}");
-        assert_eq!(stats.l2_errors, 0, "{id}: an L2 error: {stats:?}");
-    }
-
     let ratio = |hits: u64, reads: u64| {
         if reads == 0 {
             0.0
@@ -470,41 +489,62 @@ fn workload_zipf(c: &mut Criterion) {
             hits as f64 / reads as f64
         }
     };
-    let raw_reads = raw_tally.requests.load(Ordering::Relaxed);
-    let tiered_reads = tiered_tally.requests.load(Ordering::Relaxed);
-    let tiered_stats = tiered.stats();
-    let l2_stats = l2_only.stats();
     eprintln!(
         "workload_zipf summary (ops/s = requests / total timed time, warm-up included; {TASKS} \
-         tasks, {CHUNK} requests per iteration, tokio multi-thread with 2 workers):"
+         tasks, {CHUNK} requests per iteration, tokio multi-thread with 2 workers; CPU = this \
+         process's CPU time per request, all threads):"
     );
-    eprintln!(
-        "  raw_prototype: {raw_reads} requests, {:.0} ops/s, L1 hit ratio {:.4}",
-        raw_tally.ops_per_sec(),
-        ratio(raw_tally.l1_hits.load(Ordering::Relaxed), raw_reads),
-    );
-    eprintln!(
-        "  tiered:        {tiered_reads} requests, {:.0} ops/s, L1 hit ratio {:.4} (l1_hits {}, \
-         l1_misses {}, l2_hits {}, coalesced {})",
-        tiered_tally.ops_per_sec(),
-        ratio(tiered_stats.l1_hits, tiered_reads),
-        tiered_stats.l1_hits,
-        tiered_stats.l1_misses,
-        tiered_stats.l2_hits,
-        tiered_stats.coalesced,
-    );
-    eprintln!(
-        "  l2_only:       {} requests, {:.0} ops/s, L1 hit ratio n/a (l2_hits {}, coalesced {})",
-        l2_only_tally.requests.load(Ordering::Relaxed),
-        l2_only_tally.ops_per_sec(),
-        l2_stats.l2_hits,
-        l2_stats.coalesced,
-    );
-    eprintln!(
-        "  ops/s ratios: tiered/raw_prototype {:.3}, l2_only/raw_prototype {:.3}",
-        tiered_tally.ops_per_sec() / raw_tally.ops_per_sec(),
-        l2_only_tally.ops_per_sec() / raw_tally.ops_per_sec(),
-    );
+    if raw_tally.ran() {
+        raw_tally.assert_correct("raw_prototype");
+        let reads = raw_tally.requests.load(Ordering::Relaxed);
+        eprintln!(
+            "  raw_prototype: {reads} requests, {:.0} ops/s, {:.2} µs CPU/request, L1 hit ratio {:.4}",
+            raw_tally.ops_per_sec(),
+            raw_tally.cpu_per_request(),
+            ratio(raw_tally.l1_hits.load(Ordering::Relaxed), reads),
+        );
+    }
+    for (id, cache, tally) in [
+        ("tiered", &tiered, &tiered_tally),
+        ("l2_only", &l2_only, &l2_only_tally),
+    ] {
+        if !tally.ran() {
+            continue;
+        }
+        tally.assert_correct(id);
+        let stats = cache.stats();
+        assert_eq!(stats.loads, 0, "{id}: the loader ran: {stats:?}");
+        assert_eq!(stats.l2_misses, 0, "{id}: an L2 miss: {stats:?}");
+        assert_eq!(stats.l2_errors, 0, "{id}: an L2 error: {stats:?}");
+        let reads = tally.requests.load(Ordering::Relaxed);
+        eprintln!(
+            "  {id:<14} {reads} requests, {:.0} ops/s, {:.2} µs CPU/request, L1 hit ratio {:.4} \
+             (l1_hits {}, l1_misses {}, l2_hits {}, coalesced {})",
+            tally.ops_per_sec(),
+            tally.cpu_per_request(),
+            ratio(stats.l1_hits, reads),
+            stats.l1_hits,
+            stats.l1_misses,
+            stats.l2_hits,
+            stats.coalesced,
+        );
+    }
+    if raw_tally.ran() {
+        for (id, tally) in [("tiered", &tiered_tally), ("l2_only", &l2_only_tally)] {
+            if tally.ran() {
+                eprintln!(
+                    "  ops/s ratio {id}/raw_prototype {:.3}",
+                    tally.ops_per_sec() / raw_tally.ops_per_sec()
+                );
+            }
+        }
+    }
+    if tiered_tally.ran() && l2_only_tally.ran() {
+        eprintln!(
+            "  ops/s ratio tiered/l2_only {:.3}",
+            tiered_tally.ops_per_sec() / l2_only_tally.ops_per_sec()
+        );
+    }
     drop(server);
 }
 

@@ -1,12 +1,20 @@
 //! The in-process tier of layercache: [`MokaBackend<V>`] over [`moka::sync::Cache`].
 //!
 //! Values are stored as they are — no encoding, no copy beyond the `Clone` a hit returns — so an
-//! L1 hit costs about a raw moka `get`. The synchronous moka cache is used because a hit never
-//! waits: [`MokaBackend::get_entry`] answers without a future, which is what makes the two-tier
-//! cache's L1 hit cheap (docs/adr/0009-moka-sync-cache.md). The cache is bounded by entry count (default 10,000) or by
-//! bytes through a weigher, and each entry expires at its own
-//! [`stale_until`](layercache_core::EntryMeta::stale_until). moka keeps no hit or miss counts; the
-//! backend keeps its own ([`MokaStats`]).
+//! L1 hit costs what a raw moka `get` costs (docs/adr/0011-lean-request-path.md):
+//!
+//! - the synchronous moka cache, because a hit never waits: [`MokaBackend::lookup`] answers
+//!   without a future (docs/adr/0009-moka-sync-cache.md);
+//! - keys hashed with [foldhash](https://docs.rs/foldhash) (seeded per process), not SipHash;
+//! - **no per-entry timers in moka**: an entry carries its own deadline (its
+//!   [`stale_until`](layercache_core::EntryMeta::stale_until), and at most the TTL cap after it was
+//!   stored), checked against the backend's clock when it is read. An entry past its deadline reads
+//!   as a miss and waits, like any cold entry, to be replaced or evicted by the capacity bound;
+//! - a hit hands out the stored `Arc` (one reference count), and [`Backend::get`] clones the entry
+//!   from it. Keep large values behind an `Arc` (`MokaBackend<Arc<T>>`) and a hit allocates nothing.
+//!
+//! The cache is bounded by entry count (default 10,000) or by bytes through a weigher. moka keeps no
+//! hit or miss counts; the backend keeps its own ([`MokaStats`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -27,17 +35,20 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use layercache_core::{
-    Backend, Clock, CoarseClock, Entry, Error, Key, Namespace, Result, SharedClock, async_trait,
+    Backend, Clock, Entry, Error, Key, Namespace, Result, SharedClock, SystemClock, Timestamp,
+    async_trait,
 };
-use moka::Expiry;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
 /// The default bound on the number of entries.
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
+
+/// The hasher of the L1 map: foldhash, seeded once per process.
+type Hasher = foldhash::fast::RandomState;
 
 /// A point-in-time view of a [`MokaBackend`]'s counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,7 +60,8 @@ pub struct MokaStats {
     pub misses: u64,
     /// Entries removed to respect the capacity bound.
     pub evictions: u64,
-    /// Entries removed because they reached their `stale_until`.
+    /// Reads that found an entry past its deadline (its `stale_until`, or the TTL cap); such an
+    /// entry reads as a miss until it is replaced or evicted.
     pub expirations: u64,
     /// Entries currently held (moka's estimate; pending maintenance may lag).
     pub entries: u64,
@@ -77,38 +89,23 @@ struct Counters {
     expirations: AtomicU64,
 }
 
-/// Each entry lives until its own `stale_until`, read from the backend's clock, and at most the
-/// TTL cap.
-struct EntryExpiry {
-    clock: SharedClock,
-    cap: Option<Duration>,
+/// What the map holds for a key: the entry and the moment it stops being served from here.
+#[derive(Debug)]
+pub struct Slot<V> {
+    entry: Entry<V>,
+    /// `stale_until`, or earlier by the TTL cap.
+    until: Timestamp,
 }
 
-impl EntryExpiry {
-    fn remaining<V>(&self, entry: &Entry<V>) -> Duration {
-        let left = entry.meta.time_to_live(self.clock.now());
-        self.cap.map_or(left, |cap| left.min(cap))
-    }
-}
-
-impl<V> Expiry<Key, Arc<Entry<V>>> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &Key,
-        value: &Arc<Entry<V>>,
-        _at: Instant,
-    ) -> Option<Duration> {
-        Some(self.remaining(value))
+impl<V> Slot<V> {
+    /// The stored entry.
+    pub fn entry(&self) -> &Entry<V> {
+        &self.entry
     }
 
-    fn expire_after_update(
-        &self,
-        _key: &Key,
-        value: &Arc<Entry<V>>,
-        _at: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.remaining(value))
+    /// The stored value.
+    pub fn value(&self) -> &V {
+        &self.entry.value
     }
 }
 
@@ -119,7 +116,6 @@ pub struct MokaBackendBuilder<V> {
     max_entries: u64,
     max_bytes: Option<(u64, Weigher<V>)>,
     clock: SharedClock,
-    exact_clock: bool,
     name: Option<String>,
     ttl_cap: Option<Duration>,
 }
@@ -154,17 +150,23 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
         self
     }
 
-    /// The clock that decides expiry (default the system clock).
+    /// The clock that decides expiry (default the [system clock](SystemClock)).
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
-        self.exact_clock = true;
         self
     }
 
-    /// Keeps no entry longer than `cap`, whatever its `stale_until` (default no cap). A two-tier
-    /// cache caps its L1 so that changes made through other processes show within `cap`. The cap
-    /// is measured by moka's own monotonic clock.
+    /// The clock that decides expiry, shared with other parts (see [`clock`](Self::clock)).
+    #[must_use]
+    pub fn shared_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Serves no entry longer than `cap` after it was stored, whatever its `stale_until` (default
+    /// no cap). A two-tier cache caps its L1 so that changes made through other processes show
+    /// within `cap`.
     #[must_use]
     pub fn time_to_live_cap(mut self, cap: Duration) -> Self {
         self.ttl_cap = Some(cap);
@@ -180,27 +182,16 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
 
     /// Builds the backend. A zero bound is refused with a config error.
     pub fn build(self) -> Result<MokaBackend<V>> {
-        let counters = Arc::new(Counters::default());
-        let listener_counters = Arc::clone(&counters);
-        let mut builder = Cache::builder()
-            .expire_after(EntryExpiry {
-                clock: Arc::clone(&self.clock),
-                cap: self.ttl_cap,
-            })
-            .eviction_listener(move |_key, _value, cause| match cause {
-                RemovalCause::Size => {
-                    listener_counters.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-                RemovalCause::Expired => {
-                    listener_counters
-                        .expirations
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                RemovalCause::Explicit | RemovalCause::Replaced => {}
-            });
         if self.ttl_cap.is_some_and(|cap| cap.is_zero()) {
             return Err(Error::config("time_to_live_cap must be greater than zero"));
         }
+        let counters = Arc::new(Counters::default());
+        let listener_counters = Arc::clone(&counters);
+        let mut builder = Cache::builder().eviction_listener(move |_key, _value, cause| {
+            if cause == RemovalCause::Size {
+                listener_counters.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        });
         if let Some(name) = &self.name {
             builder = builder.name(name);
         }
@@ -208,16 +199,16 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
             Some((0, _)) => return Err(Error::config("max_bytes must be greater than 0")),
             Some((max_bytes, weigher)) => builder
                 .max_capacity(max_bytes)
-                .weigher(move |key: &Key, entry: &Arc<Entry<V>>| weigher(key, &entry.value)),
+                .weigher(move |key: &Key, slot: &Arc<Slot<V>>| weigher(key, &slot.entry.value)),
             None if self.max_entries == 0 => {
                 return Err(Error::config("max_entries must be greater than 0"));
             }
             None => builder.max_capacity(self.max_entries),
         };
         Ok(MokaBackend {
-            cache: builder.build(),
+            cache: builder.build_with_hasher(Hasher::default()),
             clock: self.clock,
-            exact_clock: self.exact_clock,
+            ttl_cap: self.ttl_cap,
             counters,
         })
     }
@@ -227,12 +218,10 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
 ///
 /// Cloning is cheap and shares the cache.
 pub struct MokaBackend<V> {
-    // Entries sit behind an `Arc`: moka moves smaller values, and a hit clones the entry once.
-    cache: Cache<Key, Arc<Entry<V>>>,
+    // Entries sit behind an `Arc`: moka moves smaller values, and a hit is one reference count.
+    cache: Cache<Key, Arc<Slot<V>>, Hasher>,
     clock: SharedClock,
-    /// Whether a clock was injected; with the system clock moka's own expiry is exact enough and
-    /// a hit skips reading the clock.
-    exact_clock: bool,
+    ttl_cap: Option<Duration>,
     counters: Arc<Counters>,
 }
 
@@ -241,7 +230,7 @@ impl<V> Clone for MokaBackend<V> {
         MokaBackend {
             cache: self.cache.clone(),
             clock: Arc::clone(&self.clock),
-            exact_clock: self.exact_clock,
+            ttl_cap: self.ttl_cap,
             counters: Arc::clone(&self.counters),
         }
     }
@@ -262,8 +251,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
         MokaBackendBuilder {
             max_entries: DEFAULT_MAX_ENTRIES,
             max_bytes: None,
-            clock: Arc::new(CoarseClock::new()),
-            exact_clock: false,
+            clock: Arc::new(SystemClock),
             name: None,
             ttl_cap: None,
         }
@@ -286,43 +274,44 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
         }
     }
 
-    /// Runs moka's pending maintenance (evictions, expirations, counts) now. Tests use it to read
-    /// exact [`stats`](Self::stats); normal use needs no call.
+    /// Runs moka's pending maintenance (evictions, counts) now. Tests use it to read exact
+    /// [`stats`](Self::stats); normal use needs no call.
     pub async fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks();
     }
 
     /// The live entry under `key`, without a future: what [`Backend::get`] answers, for callers
-    /// that hold the concrete backend (the two-tier cache's L1 hit path).
+    /// that hold the concrete backend. Counted in [`stats`](Self::stats).
     pub fn get_entry(&self, key: &Key) -> Option<Entry<V>> {
-        match self.cache.get(key) {
-            // moka expires by its own monotonic clock; checking an injected clock too keeps it exact.
-            Some(entry) if !(self.exact_clock && entry.meta.is_expired(self.clock.now())) => {
+        match self.lookup_at(key, self.clock.now()) {
+            Some(slot) => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                Some(Entry::clone(&entry))
+                Some(slot.entry.clone())
             }
-            _ => {
+            None => {
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
         }
     }
 
-    /// The live entry under `key`, without a future and without counting it in
-    /// [`stats`](Self::stats): for callers that keep their own hit counters (the two-tier cache's
-    /// L1 hit path, where every atomic shows).
-    pub fn lookup(&self, key: &Key) -> Option<Entry<V>> {
-        let entry = self.cache.get(key)?;
-        // moka expires by its own monotonic clock; checking an injected clock too keeps it exact.
-        if self.exact_clock && entry.meta.is_expired(self.clock.now()) {
+    /// The live slot under `key` at `now` (read from the caller's clock), without a future, a copy
+    /// or a count in [`stats`](Self::stats): the two-tier cache's L1 hit path, which keeps its
+    /// own counters and has read the clock already.
+    pub fn lookup_at(&self, key: &Key, now: Timestamp) -> Option<Arc<Slot<V>>> {
+        let slot = self.cache.get(key)?;
+        if now >= slot.until {
+            self.counters.expirations.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Some(Entry::clone(&entry))
+        Some(slot)
     }
 
-    /// Removes `key` without a future; `true` when it was present.
+    /// Removes `key` without a future; `true` when it was present (and live).
     pub fn remove_entry(&self, key: &Key) -> bool {
-        self.cache.remove(key).is_some()
+        self.cache
+            .remove(key)
+            .is_some_and(|slot| self.clock.now() < slot.until)
     }
 
     /// Removes every key of `namespace` without a future; returns how many were removed.
@@ -338,13 +327,19 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
             .sum()
     }
 
-    /// Stores `entry` under `key` without a future; see [`Backend::set`].
+    /// Stores `entry` under `key` without a future; see [`Backend::set`]. An entry already past
+    /// its `stale_until` removes the key instead.
     pub fn set_entry(&self, key: &Key, entry: Entry<V>) {
-        if entry.meta.is_expired(self.clock.now()) {
+        let now = self.clock.now();
+        if entry.meta.is_expired(now) {
             self.cache.invalidate(key);
-        } else {
-            self.cache.insert(key.clone(), Arc::new(entry));
+            return;
         }
+        let until = match self.ttl_cap {
+            Some(cap) => entry.meta.stale_until.min(now + cap),
+            None => entry.meta.stale_until,
+        };
+        self.cache.insert(key.clone(), Arc::new(Slot { entry, until }));
     }
 }
 

@@ -150,9 +150,11 @@ impl<C: Codec> RedisBackendBuilder<C> {
     }
 
     fn manager_config(&self) -> ConnectionManagerConfig {
+        // One timer per command: ours (`Connection::query`, which also bounds the retry), not a
+        // second one inside redis-rs.
         ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout))
+            .set_response_timeout(None)
             .set_max_delay(self.max_reconnect_delay)
     }
 

@@ -37,4 +37,6 @@ pub use lock::{
     Backoff, DEFAULT_LEASE, DEFAULT_LOCK_MAX_WAIT, DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX,
     DistributedLock, LockGuard, LockOptions, OnLockTimeout,
 };
-pub use single_flight::{DEFAULT_MAX_WAIT, SingleFlight, SingleFlightStats, Waiter};
+pub use single_flight::{
+    DEFAULT_MAX_WAIT, Joined, Leading, Mark, SingleFlight, SingleFlightStats, Waiter,
+};

@@ -3,8 +3,12 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
+use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use layercache_core::{Error, Key, Result};
@@ -13,14 +17,19 @@ use tokio::sync::watch;
 /// The default bound on how long a caller waits for a flight (10 s).
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 
+/// Stripes of the landing marks (a power of two).
+const MARK_STRIPES: usize = 1024;
+
 type Outcome<T> = Option<Result<T>>;
+type Hasher = foldhash::fast::RandomState;
+type Work<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
 
 struct Flight<T> {
     id: u64,
     outcome: watch::Receiver<Outcome<T>>,
 }
 
-/// A caller's place in a flight; see [`SingleFlight::join_or_start`].
+/// A caller's place in a flight; see [`SingleFlight::join_or_lead`].
 pub struct Waiter<T>(watch::Receiver<Outcome<T>>);
 
 impl<T> fmt::Debug for Waiter<T> {
@@ -29,15 +38,50 @@ impl<T> fmt::Debug for Waiter<T> {
     }
 }
 
+/// What a caller saw of the flights of a key before it looked in the cache; see
+/// [`SingleFlight::mark`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    stripe: usize,
+    landed: u64,
+}
+
+/// How a caller takes part in the flight of a key; see [`SingleFlight::join_or_lead`].
+pub enum Joined<T: Send + Sync + 'static> {
+    /// No flight was running: this caller leads one. Await the [`Leading`] to run the work.
+    Led(Leading<T>),
+    /// A flight was running: wait for its outcome with [`SingleFlight::wait`].
+    Joined(Waiter<T>),
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for Joined<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Joined::Led(_) => f.write_str("Led"),
+            Joined::Joined(_) => f.write_str("Joined"),
+        }
+    }
+}
+
+type Flights<T> = HashMap<Key, Flight<T>, Hasher>;
+
 struct Shared<T> {
-    flights: Mutex<HashMap<Key, Flight<T>>>,
+    flights: Mutex<Flights<T>>,
+    /// Per stripe of keys: how many flights landed (bumped under the map's lock, before the
+    /// flight is forgotten).
+    landed: Box<[AtomicU64]>,
+    hasher: Hasher,
     next_id: AtomicU64,
     led: AtomicU64,
     coalesced: AtomicU64,
 }
 
 impl<T> Shared<T> {
-    fn flights(&self) -> MutexGuard<'_, HashMap<Key, Flight<T>>> {
+    fn stripe(&self, key: &Key) -> usize {
+        (self.hasher.hash_one(key.as_str()) as usize) & (MARK_STRIPES - 1)
+    }
+
+    fn flights(&self) -> MutexGuard<'_, Flights<T>> {
         // A panic while the map is locked cannot leave it inconsistent (each critical section is
         // one insert, lookup or remove), so a poisoned lock is used as it is.
         self.flights
@@ -62,11 +106,13 @@ pub struct SingleFlightStats {
 /// callers that arrive while it runs (followers) wait for its outcome, and everyone gets a clone
 /// of the same result — value or error.
 ///
-/// The work runs in its own tokio task, so:
-/// - **cancellation-safe**: when the leader's caller drops its future (an aborted HTTP request),
-///   the work still completes and the followers get its outcome;
-/// - **panic-safe**: a panicking work becomes an error for every waiter (never a hang), and the key
-///   is free again at once, so the next call starts new work.
+/// The leader runs the work itself, in its caller's task: no task is spawned unless the work must
+/// outlive its caller. So:
+/// - **cancellation-safe**: when the leader's caller drops its future (an aborted HTTP request,
+///   a timeout) before the work finished, the rest of the work is handed to a new tokio task: it
+///   still completes and the followers get its outcome;
+/// - **panic-safe**: a panicking work becomes an error for the leader and every waiter (never a
+///   hang), and the key is free again at once, so the next call starts new work.
 ///
 /// Each caller waits at most `max_wait` (default [`DEFAULT_MAX_WAIT`]; `Duration::MAX` waits
 /// without bound) and then gets a `Timeout` error; the work itself goes on and its outcome still
@@ -81,7 +127,10 @@ pub struct SingleFlightStats {
 /// let flights = SingleFlight::<u64>::new();
 /// let key = Key::new("answer")?;
 /// let (a, b) = tokio::join!(
-///     flights.run(&key, async { Ok(42) }),
+///     flights.run(&key, async {
+///         tokio::task::yield_now().await; // the source takes a while
+///         Ok(42)
+///     }),
 ///     flights.run(&key, async { Ok(7) }), // joins the first flight: its work never runs
 /// );
 /// assert_eq!((a?, b?), (42, 42));
@@ -123,7 +172,9 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     pub fn new() -> Self {
         SingleFlight {
             shared: Arc::new(Shared {
-                flights: Mutex::new(HashMap::new()),
+                flights: Mutex::new(HashMap::default()),
+                landed: (0..MARK_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+                hasher: Hasher::default(),
                 next_id: AtomicU64::new(0),
                 led: AtomicU64::new(0),
                 coalesced: AtomicU64::new(0),
@@ -146,6 +197,24 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             coalesced: self.shared.coalesced.load(Ordering::Relaxed),
             in_flight: self.shared.flights().len() as u64,
         }
+    }
+
+    /// What a caller has seen of the flights of `key`: take it before looking in the cache, and
+    /// ask [`landed_since`](Self::landed_since) when about to lead a flight. One hash and one
+    /// atomic load.
+    pub fn mark(&self, key: &Key) -> Mark {
+        let stripe = self.shared.stripe(key);
+        Mark {
+            stripe,
+            landed: self.shared.landed[stripe].load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether a flight of `key` (or of a key sharing its stripe) landed since `mark` was taken:
+    /// if not, whatever the caller found in the cache then is still what the flights left there,
+    /// and a new flight need not look again.
+    pub fn landed_since(&self, mark: Mark) -> bool {
+        self.shared.landed[mark.stripe].load(Ordering::Acquire) != mark.landed
     }
 
     /// Whether work for `key` is in progress.
@@ -239,25 +308,31 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         M: FnOnce() -> F,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let (led, outcome) = self.join_or_start(key, make_work);
-        (led, self.wait(key, outcome).await)
+        match self.join_or_lead(key, make_work) {
+            Joined::Led(leading) => (true, leading.await),
+            Joined::Joined(waiter) => (false, self.wait(key, waiter).await),
+        }
     }
 
-    /// Joins the flight of `key` or starts `make_work()` as a new one; `true` when it started one.
-    /// Wait for the outcome with [`wait`](Self::wait). For callers that bound their own wait
-    /// (a soft timeout).
-    pub fn join_or_start<F, M>(&self, key: &Key, make_work: M) -> (bool, Waiter<T>)
+    /// Joins the flight of `key`, or leads a new one that runs `make_work()` when the returned
+    /// [`Leading`] is awaited — in the caller's task, with no task spawned unless the caller
+    /// drops it before the work finished.
+    pub fn join_or_lead<F, M>(&self, key: &Key, make_work: M) -> Joined<T>
     where
         M: FnOnce() -> F,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let flights = self.shared.flights();
+        let mut flights = self.shared.flights();
         if let Some(flight) = flights.get(key) {
             self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
-            return (false, Waiter(flight.outcome.clone()));
+            return Joined::Joined(Waiter(flight.outcome.clone()));
         }
-        let work = make_work();
-        (true, Waiter(self.start(flights, key, work)))
+        let work: Work<T> = Box::pin(make_work());
+        let (landing, _outcome) = self.insert_flight(&mut flights, key);
+        Joined::Led(Leading {
+            work: Some(work),
+            landing: Some(landing),
+        })
     }
 
     /// Starts `make_work()` for `key` in the background unless a flight for it is already
@@ -281,7 +356,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     /// `Drop` then takes the map's lock to deliver the error.
     fn start<F>(
         &self,
-        mut flights: MutexGuard<'_, HashMap<Key, Flight<T>>>,
+        mut flights: MutexGuard<'_, Flights<T>>,
         key: &Key,
         work: F,
     ) -> watch::Receiver<Outcome<T>>
@@ -301,7 +376,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     /// Registers a new flight of `key`: the landing that will deliver its outcome, and a receiver.
     fn insert_flight(
         &self,
-        flights: &mut HashMap<Key, Flight<T>>,
+        flights: &mut Flights<T>,
         key: &Key,
     ) -> (Landing<T>, watch::Receiver<Outcome<T>>) {
         self.shared.led.fetch_add(1, Ordering::Relaxed);
@@ -324,7 +399,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     }
 
     /// Waits for the outcome of a flight joined or started with
-    /// [`join_or_start`](Self::join_or_start), at most the group's `max_wait`.
+    /// [`join_or_lead`](Self::join_or_lead), at most the group's `max_wait`.
     pub async fn wait(&self, key: &Key, waiter: Waiter<T>) -> Result<T> {
         let mut outcome = waiter.0;
         let landing = outcome.wait_for(Option::is_some);
@@ -360,6 +435,34 @@ struct Landing<T: Send + Sync + 'static> {
 }
 
 impl<T: Send + Sync + 'static> Landing<T> {
+    /// Lands `result` for the followers, cloning it only if one waits; hands it back.
+    fn land_shared(&mut self, result: Result<T>) -> Result<T>
+    where
+        T: Clone,
+    {
+        let Some(sender) = self.sender.take() else {
+            return result;
+        };
+        let flights = self.forget_landed();
+        if sender.receiver_count() > 0 {
+            let _ = sender.send(Some(result.clone()));
+        }
+        drop(flights);
+        result
+    }
+
+    /// Marks the key's stripe as landed and forgets the flight; returns the map's lock, under
+    /// which the outcome is sent (so no caller joins the flight after it).
+    fn forget_landed(&self) -> MutexGuard<'_, Flights<T>> {
+        let mut flights = self.shared.flights();
+        if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
+            flights.remove(&self.key);
+        }
+        let stripe = self.shared.stripe(&self.key);
+        self.shared.landed[stripe].fetch_add(1, Ordering::Release);
+        flights
+    }
+
     fn land(&mut self, result: Result<T>) {
         let Some(sender) = self.sender.take() else {
             return;
@@ -367,13 +470,11 @@ impl<T: Send + Sync + 'static> Landing<T> {
         // The flight is forgotten as it lands: the map holds only flights in progress, so a
         // landed value is never kept alive here. A caller that missed the cache just before the
         // value was stored starts a new flight, whose work reads the cache first.
-        let mut flights = self.shared.flights();
-        if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
-            flights.remove(&self.key);
-        }
+        let flights = self.forget_landed();
         // Sent under the map's lock, so no caller joins this flight after its outcome was sent.
         // Nobody waiting is fine: the work's side effects (filling the cache) are what matter.
         let _ = sender.send(Some(result));
+        drop(flights);
     }
 }
 
@@ -384,6 +485,63 @@ impl<T: Send + Sync + 'static> Drop for Landing<T> {
                 "the load of {} panicked or was cancelled",
                 self.key
             ))));
+        }
+    }
+}
+
+/// A flight this caller leads: awaiting it runs the work in the caller's task and lands the
+/// outcome for the callers that joined. Dropped before the work finished, it hands the rest of
+/// the work to a new tokio task (or, outside a runtime or while panicking, lands an error).
+pub struct Leading<T: Send + Sync + 'static> {
+    work: Option<Work<T>>,
+    landing: Option<Landing<T>>,
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for Leading<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Leading")
+            .field("finished", &self.work.is_none())
+            .finish()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Future for Leading<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let this = &mut *self;
+        let Some(work) = this.work.as_mut() else {
+            return Poll::Ready(Err(Error::loader("a flight was polled after it landed")));
+        };
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => result,
+            Err(_panic) => Err(Error::loader(format!(
+                "the load of {} panicked",
+                this.landing.as_ref().map_or("?", |l| l.key.as_str())
+            ))),
+        };
+        this.work = None;
+        Poll::Ready(match this.landing.take() {
+            Some(mut landing) => landing.land_shared(result),
+            None => result,
+        })
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Leading<T> {
+    fn drop(&mut self) {
+        let (Some(work), Some(mut landing)) = (self.work.take(), self.landing.take()) else {
+            return;
+        };
+        if std::thread::panicking() {
+            return; // the landing's drop delivers an error
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let result = work.await;
+                landing.land(result);
+            });
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layercache_core::{
-    Backend, Clock, CoarseClock, EntryOptions, Error, Key, LockStore, Result, SharedClock,
+    Backend, Clock, SystemClock, EntryOptions, Error, Key, LockStore, Result, SharedClock,
 };
 use layercache_moka::MokaBackend;
 use layercache_stampede::{DistributedLock, EarlyExpiry, LockOptions, SingleFlight};
@@ -236,7 +236,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
         self
     }
 
-    /// The clock (default a [`CoarseClock`]: its ticker thread runs while a cache holds it).
+    /// The clock (default the [`SystemClock`]: a vDSO read per request, no thread).
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Some(Arc::new(clock));
@@ -273,16 +273,14 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
         self.validate()?;
         let clock: SharedClock = match &self.clock {
             Some(clock) => Arc::clone(clock),
-            None => Arc::new(CoarseClock::new()),
+            None => Arc::new(SystemClock),
         };
         let l1 = if self.l1 {
             let mut builder = MokaBackend::builder()
                 .max_entries(self.l1_max_entries)
                 .time_to_live_cap(self.l1_ttl_cap)
+                .shared_clock(Arc::clone(&clock))
                 .name(self.name.clone());
-            if self.clock.is_some() {
-                builder = builder.clock(Arc::clone(&clock));
-            }
             if let Some((max_bytes, weigher)) = &self.l1_max_bytes {
                 let weigher = Arc::clone(weigher);
                 builder = builder.max_bytes(*max_bytes, move |key: &Key, value: &Option<V>| {

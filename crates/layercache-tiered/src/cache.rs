@@ -150,23 +150,24 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
     ) -> Result<Option<V>> {
         let runtime = &self.runtime;
         let counters = &runtime.tiers.counters;
-        let found = runtime.tiers.l1_entry(key);
+        // Taken before L1 is read: tells the miss path whether a flight landed since.
+        let mark = runtime.flights.mark(key);
         let now = runtime.now();
-        let previous = match found {
-            Some(entry) if entry.meta.is_fresh(now) => {
+        let previous = match runtime.tiers.l1_slot(key, now) {
+            Some(slot) if slot.entry().meta.is_fresh(now) => {
                 counters.bump_l1_hits();
-                runtime.on_hit(key, &entry, options, now, make_load);
-                return Ok(entry.value);
+                runtime.on_hit(key, slot.entry(), options, now, make_load);
+                return Ok(slot.value().clone());
             }
             found => {
                 if runtime.tiers.l1.is_some() {
                     counters.bump_l1_misses();
                 }
-                found
+                found.map(|slot| slot.entry().clone())
             }
         };
         // Boxed so that the hit path's future stays small.
-        Box::pin(runtime.miss(key, options, previous, make_load())).await
+        Box::pin(runtime.miss(key, options, previous, mark, make_load)).await
     }
 
     /// The values of `keys`, in order: L1, then one L2 MGET for the L1 misses, then one

@@ -1,7 +1,7 @@
 //! A circuit breaker for the shared tier: stop calling a failing L2 for a cool-down, then probe.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use layercache_core::{Error, Result};
@@ -50,6 +50,8 @@ fn later(now: Instant, by: Duration) -> Instant {
 #[derive(Debug)]
 pub(crate) struct CircuitBreaker {
     state: Mutex<State>,
+    /// Whether `state` is `Closed { failures: 0 }`: the common case, answered without the lock.
+    healthy: AtomicBool,
     threshold: u32,
     cool_down: Duration,
     opened: AtomicU64,
@@ -81,6 +83,7 @@ impl CircuitBreaker {
     pub(crate) fn new(threshold: u32, cool_down: Duration) -> Self {
         CircuitBreaker {
             state: Mutex::new(State::Closed { failures: 0 }),
+            healthy: AtomicBool::new(true),
             threshold: threshold.max(1),
             cool_down,
             opened: AtomicU64::new(0),
@@ -95,6 +98,9 @@ impl CircuitBreaker {
 
     /// Whether a call may go to L2 now. In half-open state, one caller gets through (the probe).
     pub(crate) fn allow(&self) -> bool {
+        if self.healthy.load(Ordering::Acquire) {
+            return true;
+        }
         let mut state = self.state();
         let now = Instant::now();
         match *state {
@@ -110,14 +116,17 @@ impl CircuitBreaker {
     }
 
     pub(crate) fn success(&self) {
-        let mut state = self.state();
-        if !matches!(*state, State::Closed { failures: 0 }) {
-            *state = State::Closed { failures: 0 };
+        if self.healthy.load(Ordering::Acquire) {
+            return;
         }
+        let mut state = self.state();
+        *state = State::Closed { failures: 0 };
+        self.healthy.store(true, Ordering::Release);
     }
 
     pub(crate) fn failure(&self) {
         let mut state = self.state();
+        self.healthy.store(false, Ordering::Release);
         let open = match *state {
             State::Closed { failures } if failures + 1 >= self.threshold => true,
             State::Closed { failures } => {

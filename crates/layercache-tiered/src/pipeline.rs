@@ -8,9 +8,11 @@
 //! 2. **Stale-while-revalidate**: a stale value is served at once while one refresh runs.
 //! 3. **Single-flight**: of the callers that miss together, one leads; the rest wait for its
 //!    outcome (a caller holding a stale value waits at most the soft timeout, then gets it).
-//! 4. The leader's work ([`Runtime::lead`]), in its own task (cancellation-safe):
-//!    a. take a [`Ticket`](layercache_core::Ticket) in the version table, then re-read L1 (a
-//!    flight may have landed since the caller looked) and L2 (another process may have it);
+//! 4. The leader's work ([`Runtime::lead`]), in the leading caller's task (handed to a task of
+//!    its own only if that caller goes away first: cancellation-safe):
+//!    a. take a [`Ticket`](layercache_core::Ticket) in the version table, then re-read L1 if a
+//!    flight of the key landed since the caller looked (a landing mark, not a second lookup),
+//!    and read L2 (another process may have it);
 //!    b. **distributed lock** (optional): one process loads, the others poll L2 for its value;
 //!    c. **hard timeout** around the loader, its duration measured (XFetch's delta);
 //!    d. **fail-safe**: a failed or timed-out load serves the stale value, kept fresh for the
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use layercache_core::{EntryMeta, EntryOptions, Error, Key, Result, Ticket, Timestamp};
-use layercache_stampede::{DistributedLock, EarlyExpiry, OnLockTimeout, SingleFlight};
+use layercache_stampede::{DistributedLock, EarlyExpiry, Joined, Mark, OnLockTimeout, SingleFlight};
 
 use crate::loaded::LoadFn;
 use crate::tiers::{Stored, Tiers};
@@ -161,6 +163,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                 key.clone(),
                 options.clone(),
                 Some(seen.clone()),
+                true,
                 make_load(),
             )
         });
@@ -169,13 +172,15 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         }
     }
 
-    /// Layers 2 and 3: a read that found no fresh value in L1 (`previous` is what it found).
+    /// Layers 2 and 3: a read that found no fresh value in L1 (`previous` is what it found,
+    /// `mark` what it saw of the flights before it looked).
     pub(crate) async fn miss(
         self: &Arc<Self>,
         key: &Key,
         options: &EntryOptions,
         previous: Option<Stored<V>>,
-        load: LoadFn<V>,
+        mark: Mark,
+        make_load: impl FnOnce() -> LoadFn<V>,
     ) -> Result<Option<V>> {
         let counters = &self.tiers.counters;
         let now = self.now();
@@ -183,47 +188,65 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         if let Some(stale) = &stale
             && options.stale_while_revalidate()
         {
-            self.spawn_refresh(key, stale, options, || load);
+            self.spawn_refresh(key, stale, options, make_load);
             counters.bump_stale_served();
             return Ok(stale.value.clone());
         }
-        let (led, waiter) = self.flights.join_or_start(key, || {
-            Arc::clone(self).lead(key.clone(), options.clone(), stale.clone(), load)
+        let joined = self.flights.join_or_lead(key, || {
+            // A flight that landed since the caller looked may have filled L1: look again then.
+            let recheck_l1 = self.flights.landed_since(mark);
+            Arc::clone(self).lead(
+                key.clone(),
+                options.clone(),
+                stale.clone(),
+                recheck_l1,
+                make_load(),
+            )
         });
-        let outcome = match (options.soft_timeout(), &stale) {
-            (Some(soft), Some(stale)) => {
-                match tokio::time::timeout(soft, self.flights.wait(key, waiter)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => {
-                        // Only this caller stops waiting: the flight goes on and fills the cache.
-                        counters.bump_soft_timeouts();
-                        Ok(Served::stale(stale.value.clone()))
-                    }
-                }
+        let led = matches!(joined, Joined::Led(_));
+        let outcome = async {
+            match joined {
+                Joined::Led(leading) => leading.await,
+                Joined::Joined(waiter) => self.flights.wait(key, waiter).await,
             }
-            _ => self.flights.wait(key, waiter).await,
+        };
+        let outcome = match (options.soft_timeout(), &stale) {
+            // Only this caller stops waiting: the flight goes on (in a task of its own, if this
+            // caller led it) and fills the cache.
+            (Some(soft), Some(stale)) => match tokio::time::timeout(soft, outcome).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    counters.bump_soft_timeouts();
+                    Ok(Served::stale(stale.value.clone()))
+                }
+            },
+            _ => outcome.await,
         };
         let served = outcome?;
         served.count(led, counters);
         Ok(served.value)
     }
 
-    /// Layer 4: the leader's work (a flight, in its own task).
+    /// Layer 4: the leader's work (a flight). `recheck_l1`: whether L1 may have changed since
+    /// the caller looked (a flight of the key landed since); L1 is read once per request
+    /// otherwise.
     pub(crate) async fn lead(
         self: Arc<Self>,
         key: Key,
         options: EntryOptions,
         previous: Option<Stored<V>>,
+        recheck_l1: bool,
         load: LoadFn<V>,
     ) -> Result<Served<V>> {
         let ticket = self.tiers.versions.begin(&key);
         let seen = previous.as_ref().map(|p| p.meta.clone());
         let now = self.now();
-        if let Some(entry) = self.tiers.l1_entry(&key)
-            && entry.meta.is_fresh(now)
-            && newer(&entry, seen.as_ref())
+        if recheck_l1
+            && let Some(slot) = self.tiers.l1_slot(&key, now)
+            && slot.entry().meta.is_fresh(now)
+            && newer(slot.entry(), seen.as_ref())
         {
-            return Ok(Served::cached(entry.value));
+            return Ok(Served::cached(slot.value().clone()));
         }
         let mut previous = previous;
         if let Some(entry) = self.tiers.l2_entry(&key).await {

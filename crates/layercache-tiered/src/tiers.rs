@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layercache_core::{
-    Backend, Entry, Error, Key, Namespace, Result, SharedClock, Ticket, Versions, WriteTicket,
+    Backend, Entry, Error, Key, Namespace, Result, SharedClock, Ticket, Timestamp, Versions,
+    WriteTicket,
 };
-use layercache_moka::MokaBackend;
+use layercache_moka::{MokaBackend, Slot};
 use tokio::sync::oneshot;
 
 use crate::circuit::CircuitBreaker;
@@ -87,9 +88,15 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
         })
     }
 
-    /// The L1 entry of `key`, without a future.
+    /// The L1 slot of `key` live at `now`, without a future or a copy (the hit path).
+    pub(crate) fn l1_slot(&self, key: &Key, now: Timestamp) -> Option<Arc<Slot<Option<V>>>> {
+        self.l1.as_ref()?.lookup_at(key, now)
+    }
+
+    /// A copy of the L1 entry of `key`, without a future.
     pub(crate) fn l1_entry(&self, key: &Key) -> Option<Stored<V>> {
-        self.l1.as_ref()?.lookup(key)
+        let slot = self.l1_slot(key, self.clock.now())?;
+        Some(slot.entry().clone())
     }
 
     /// The L2 entry of `key`; L2 failures (and an open circuit) read as a miss, counted.
