@@ -55,7 +55,7 @@ async fn main() -> layercache::Result<()> {
 
     for round in 1..=3 {
         for id in [7, 42] {
-            let key = products.key(&id.to_string())?;
+            let key = products.key(id)?;
             let before = cache.stats();
             let started = Instant::now();
             let Some(product) = cache.get_or_load(&key, source.clone()).await? else {
@@ -98,7 +98,7 @@ async fn main() -> layercache::Result<()> {
     for _ in 0..10 {
         for id in [7, 42, 99] {
             cache
-                .get_or_load(&products.key(&id.to_string())?, source.clone())
+                .get_or_load(&products.key(id)?, source.clone())
                 .await?;
         }
     }

@@ -36,7 +36,7 @@ async fn main() -> layercache::Result<()> {
 
     for round in 1..=3 {
         for id in [7, 42] {
-            let key = products.key(&id.to_string())?;
+            let key = products.key(id)?;
             let started = Instant::now();
             let cached: Option<layercache::Entry<Product>> = cache.get(&key).await?;
             let (product, hit) = match cached {

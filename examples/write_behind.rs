@@ -89,11 +89,7 @@ impl Target {
 /// 10,000 puts over 1,000 keys from `callers` concurrent callers (caller c puts the keys
 /// ≡ c mod callers, round after round): puts per second acknowledged.
 async fn measure(ns: &Namespace, target: &Target, callers: usize) -> layercache::Result<f64> {
-    let keys: Arc<Vec<Key>> = Arc::new(
-        (0..KEYS)
-            .map(|i| ns.key(&i.to_string()))
-            .collect::<Result<_, _>>()?,
-    );
+    let keys: Arc<Vec<Key>> = Arc::new((0..KEYS).map(|i| ns.key(i)).collect::<Result<_, _>>()?);
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
         .map(|c| {

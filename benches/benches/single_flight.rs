@@ -176,7 +176,7 @@ fn stampede(c: &mut Criterion) {
             async move {
                 let mut elapsed = Duration::ZERO;
                 for n in first..first + iters {
-                    let key = ns.key(&format!("cold-{n}")).expect("key");
+                    let key = ns.key(format!("cold-{n}")).expect("key");
                     let keys = vec![key; CALLERS];
                     let start = Instant::now();
                     let tasks: Vec<_> = keys
@@ -210,11 +210,7 @@ fn stampede(c: &mut Criterion) {
             async move {
                 let mut elapsed = Duration::ZERO;
                 for n in first..first + iters {
-                    let key = ns
-                        .key(&format!("raw-{n}"))
-                        .expect("key")
-                        .as_str()
-                        .to_owned();
+                    let key = ns.key(format!("raw-{n}")).expect("key").as_str().to_owned();
                     let keys = vec![key; CALLERS];
                     let start = Instant::now();
                     let tasks: Vec<_> = keys

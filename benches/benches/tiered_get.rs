@@ -108,16 +108,11 @@ fn fixture(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Fixture {
         .namespace("tiered_get")
         .expect("namespace");
     let l2_keys: Vec<Key> = (0..L2_KEYS)
-        .map(|i| ns.key(&format!("l2-{i}")).expect("key"))
+        .map(|i| ns.key(format!("l2-{i}")).expect("key"))
         .collect();
     let warm_key = ns.key("warm").expect("key");
     let raw_keys: Vec<String> = (0..L2_KEYS)
-        .map(|i| {
-            ns.key(&format!("raw-{i}"))
-                .expect("key")
-                .as_str()
-                .to_owned()
-        })
+        .map(|i| ns.key(format!("raw-{i}")).expect("key").as_str().to_owned())
         .collect();
     rt.block_on(async {
         // The values, written by a separate backend, exactly as a TieredCache<Payload> stores them.

@@ -53,7 +53,7 @@ fn batch() -> Vec<(Key, Payload)> {
         .expect("namespace");
     (0..KEYS)
         .map(|i| {
-            let key = ns.key(&i.to_string()).expect("key");
+            let key = ns.key(i).expect("key");
             (key, Payload::new(i as u64))
         })
         .collect()

@@ -214,11 +214,9 @@ fn fixture(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Fixture {
         .expect("key space")
         .namespace("zipf_raw")
         .expect("namespace");
-    let keys: Vec<Key> = (0..KEYS)
-        .map(|i| ns.key(&i.to_string()).expect("key"))
-        .collect();
+    let keys: Vec<Key> = (0..KEYS).map(|i| ns.key(i).expect("key")).collect();
     let raw_keys: Vec<String> = (0..KEYS)
-        .map(|i| raw_ns.key(&i.to_string()).expect("key").as_str().to_owned())
+        .map(|i| raw_ns.key(i).expect("key").as_str().to_owned())
         .collect();
     rt.block_on(async {
         // The envelopes, written by a separate backend, exactly as a TieredCache<Payload> stores them.

@@ -1,6 +1,8 @@
-use std::borrow::Borrow;
-use std::fmt;
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::fmt::{self, Write as _};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, LazyLock};
 
 use crate::error::{Error, ErrorKind};
 
@@ -47,10 +49,24 @@ impl From<KeyError> for Error {
     }
 }
 
+/// The hasher of every key of the process: foldhash, seeded once per process.
+static KEY_HASHER: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
+
+thread_local! {
+    /// Where [`Namespace::key`] writes a key before it is copied into its one allocation.
+    static KEY_BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
 /// A validated cache key: not empty and no longer than its limit.
 ///
-/// Cloning is a reference count. Keys built by a [`Namespace`] have the form
-/// `prefix:vN:namespace:id`; [`Key::new`] accepts any non-empty string within the limit.
+/// Cloning is a reference count. A key is hashed once, when it is made: hashing it again (moka,
+/// the version table, single-flight) writes that one `u64`, and comparing two keys compares the
+/// hashes (and the text only when they match), so a key made once and reused costs nothing per
+/// request ([ADR 0011](https://github.com/layercache/layercache/blob/main/docs/adr/0011-lean-request-path.md)).
+/// The hash is seeded per process: it is not stable across processes and never leaves one.
+///
+/// Keys built by a [`Namespace`] have the form `prefix:vN:namespace:id`; [`Key::new`] accepts any
+/// non-empty string within the limit.
 ///
 /// ```
 /// use layercache_core::{Key, KeyError};
@@ -58,18 +74,21 @@ impl From<KeyError> for Error {
 /// assert_eq!(Key::new(""), Err(KeyError::Empty));
 /// assert!(matches!(Key::new("x".repeat(2000)), Err(KeyError::TooLong { len: 2000, max: 1024 })));
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(Arc<str>);
+#[derive(Clone)]
+pub struct Key {
+    hash: u64,
+    text: Arc<str>,
+}
 
 impl Key {
     /// A key with the [default length limit](DEFAULT_MAX_KEY_LEN).
-    pub fn new(key: impl Into<String>) -> Result<Self, KeyError> {
+    pub fn new(key: impl AsRef<str>) -> Result<Self, KeyError> {
         Self::with_max_len(key, DEFAULT_MAX_KEY_LEN)
     }
 
     /// A key no longer than `max_len` bytes.
-    pub fn with_max_len(key: impl Into<String>, max_len: usize) -> Result<Self, KeyError> {
-        let key = key.into();
+    pub fn with_max_len(key: impl AsRef<str>, max_len: usize) -> Result<Self, KeyError> {
+        let key = key.as_ref();
         if key.is_empty() {
             return Err(KeyError::Empty);
         }
@@ -79,42 +98,76 @@ impl Key {
                 max: max_len,
             });
         }
-        Ok(Key(key.into()))
+        Ok(Key::checked(key))
+    }
+
+    /// A key of `text`, already validated: one allocation, one hash.
+    fn checked(text: &str) -> Self {
+        Key {
+            hash: KEY_HASHER.hash_one(text),
+            text: Arc::from(text),
+        }
     }
 
     /// The key as a string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The key's 64-bit hash, computed once when it was made (seeded per process).
+    pub fn hash_value(&self) -> u64 {
+        self.hash
     }
 }
 
-impl Borrow<str> for Key {
-    fn borrow(&self) -> &str {
-        &self.0
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    /// By the key's text.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.text.cmp(&other.text)
     }
 }
 
 impl AsRef<str> for Key {
     fn as_ref(&self) -> &str {
-        &self.0
+        &self.text
     }
 }
 
 impl AsRef<[u8]> for Key {
     fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
+        self.text.as_bytes()
     }
 }
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.text, f)
     }
 }
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -230,23 +283,48 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// The key of `id` in this namespace. The id may hold any character (`:` and unicode too);
-    /// it must not be empty, and the whole key must fit the key space's length limit.
-    pub fn key(&self, id: &str) -> Result<Key, KeyError> {
-        if id.is_empty() {
-            return Err(KeyError::Empty);
-        }
-        let len = self.scope.len() + id.len();
-        if len > self.max_key_len {
-            return Err(KeyError::TooLong {
-                len,
-                max: self.max_key_len,
-            });
-        }
-        let mut key = String::with_capacity(len);
-        key.push_str(&self.scope);
-        key.push_str(id);
-        Ok(Key(key.into()))
+    /// The key of `id` in this namespace: a string, a number, anything that displays. The id may
+    /// hold any character (`:` and unicode too); it must not be empty, and the whole key must fit
+    /// the key space's length limit. One allocation (the key's own).
+    ///
+    /// ```
+    /// use layercache_core::KeySpace;
+    /// let users = KeySpace::new("app")?.namespace("users")?;
+    /// assert_eq!(users.key(42)?, users.key("42")?);
+    /// assert_eq!(users.key(42)?.as_str(), "app:v1:users:42");
+    /// # Ok::<(), layercache_core::KeyError>(())
+    /// ```
+    pub fn key(&self, id: impl fmt::Display) -> Result<Key, KeyError> {
+        let build = |buffer: &mut String| {
+            buffer.clear();
+            buffer.push_str(&self.scope);
+            // Writing into a String cannot fail.
+            let _ = write!(buffer, "{id}");
+            if buffer.len() == self.scope.len() {
+                return Err(KeyError::Empty);
+            }
+            if buffer.len() > self.max_key_len {
+                return Err(KeyError::TooLong {
+                    len: buffer.len(),
+                    max: self.max_key_len,
+                });
+            }
+            Ok(Key::checked(buffer))
+        };
+        KEY_BUFFER
+            .try_with(|buffer| match buffer.try_borrow_mut() {
+                Ok(mut buffer) => {
+                    let key = build(&mut buffer);
+                    if buffer.capacity() > 4 * DEFAULT_MAX_KEY_LEN {
+                        // An id far over the limit: do not keep its buffer.
+                        *buffer = String::new();
+                    }
+                    key
+                }
+                // Only if `id`'s `Display` builds a key itself.
+                Err(_) => build(&mut String::new()),
+            })
+            .unwrap_or_else(|_| build(&mut String::new()))
     }
 
     /// The string every key of this namespace starts with (`prefix:vN:namespace:`).

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -32,7 +31,7 @@ struct Slot {
     writing: u32,
 }
 
-type Shard = HashMap<Key, Slot>;
+type Shard = HashMap<Key, Slot, foldhash::fast::RandomState>;
 
 /// The per-key version table of one cache: the one owner of "which write of a key is newest".
 ///
@@ -52,7 +51,6 @@ type Shard = HashMap<Key, Slot>;
 /// ```
 pub struct Versions {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
     /// Clears in progress, by namespace; checked by commits only when `clearing` is non-zero.
     clears: Mutex<Vec<(u64, Namespace)>>,
     clearing: AtomicUsize,
@@ -85,8 +83,9 @@ impl Versions {
     /// An empty table.
     pub fn new() -> Self {
         Versions {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             clears: Mutex::new(Vec::new()),
             clearing: AtomicUsize::new(0),
             next_clear: std::sync::atomic::AtomicU64::new(0),
@@ -94,7 +93,7 @@ impl Versions {
     }
 
     fn shard(&self, key: &Key) -> &Mutex<Shard> {
-        let index = (self.hasher.hash_one(key.as_str()) as usize) % self.shards.len();
+        let index = (key.hash_value() as usize) % self.shards.len();
         &self.shards[index]
     }
 

@@ -3,7 +3,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,7 +69,6 @@ struct Shared<T> {
     /// Per stripe of keys: how many flights landed (bumped under the map's lock, before the
     /// flight is forgotten).
     landed: Box<[AtomicU64]>,
-    hasher: Hasher,
     next_id: AtomicU64,
     led: AtomicU64,
     coalesced: AtomicU64,
@@ -78,7 +76,7 @@ struct Shared<T> {
 
 impl<T> Shared<T> {
     fn stripe(&self, key: &Key) -> usize {
-        (self.hasher.hash_one(key.as_str()) as usize) & (MARK_STRIPES - 1)
+        (key.hash_value() as usize) & (MARK_STRIPES - 1)
     }
 
     fn flights(&self) -> MutexGuard<'_, Flights<T>> {
@@ -174,7 +172,6 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             shared: Arc::new(Shared {
                 flights: Mutex::new(HashMap::default()),
                 landed: (0..MARK_STRIPES).map(|_| AtomicU64::new(0)).collect(),
-                hasher: Hasher::default(),
                 next_id: AtomicU64::new(0),
                 led: AtomicU64::new(0),
                 coalesced: AtomicU64::new(0),

@@ -231,7 +231,7 @@ pub async fn fresh_stale_expiry(backend: &dyn Backend<Sample>, clock: &ManualClo
 /// Batch forms answer in input order and agree with the single forms.
 pub async fn batch(backend: &dyn Backend<Sample>, clock: &ManualClock) {
     let ns = namespace("batch");
-    let keys: Vec<Key> = (0..60).map(|i| ns.key(&format!("k{i}")).unwrap()).collect();
+    let keys: Vec<Key> = (0..60).map(|i| ns.key(format!("k{i}")).unwrap()).collect();
     let items = keys[..50]
         .iter()
         .enumerate()
@@ -273,20 +273,14 @@ pub async fn clear_is_scoped(backend: &dyn Backend<Sample>, clock: &ManualClock)
     let other_version = space.clone().with_version(2).namespace("users").unwrap();
     for i in 0..1_200 {
         backend
-            .set(
-                &target.key(&i.to_string()).unwrap(),
-                minute(Sample::new(i), clock),
-            )
+            .set(&target.key(i).unwrap(), minute(Sample::new(i), clock))
             .await
             .unwrap();
     }
     for ns in [&sibling, &other_version] {
         for i in 0..10 {
             backend
-                .set(
-                    &ns.key(&i.to_string()).unwrap(),
-                    minute(Sample::new(i), clock),
-                )
+                .set(&ns.key(i).unwrap(), minute(Sample::new(i), clock))
                 .await
                 .unwrap();
         }
@@ -295,13 +289,7 @@ pub async fn clear_is_scoped(backend: &dyn Backend<Sample>, clock: &ManualClock)
     assert_eq!(backend.get(&target.key("7").unwrap()).await.unwrap(), None);
     for ns in [&sibling, &other_version] {
         for i in 0..10 {
-            assert!(
-                backend
-                    .get(&ns.key(&i.to_string()).unwrap())
-                    .await
-                    .unwrap()
-                    .is_some()
-            );
+            assert!(backend.get(&ns.key(i).unwrap()).await.unwrap().is_some());
         }
     }
     assert_eq!(backend.clear(&target).await.unwrap(), 0);
@@ -314,7 +302,7 @@ pub async fn large_values(backend: &dyn Backend<Sample>, clock: &ManualClock) {
         .into_iter()
         .enumerate()
     {
-        let key = ns.key(&format!("k{i}")).unwrap();
+        let key = ns.key(format!("k{i}")).unwrap();
         let value = Sample::large(i as u64, size);
         backend
             .set(&key, minute(value.clone(), clock))
@@ -381,7 +369,7 @@ pub async fn concurrent_writers(backend: Arc<dyn Backend<Sample>>, clock: Manual
                     .unwrap();
                 backend
                     .set(
-                        &ns.key(&format!("own{w}")).unwrap(),
+                        &ns.key(format!("own{w}")).unwrap(),
                         minute(Sample::new(id), &clock),
                     )
                     .await
@@ -404,7 +392,7 @@ pub async fn concurrent_writers(backend: Arc<dyn Backend<Sample>>, clock: Manual
     assert_eq!(got.value, Sample::large(got.value.id, 64));
     for w in 0..WRITERS {
         let own = backend
-            .get(&ns.key(&format!("own{w}")).unwrap())
+            .get(&ns.key(format!("own{w}")).unwrap())
             .await
             .unwrap()
             .unwrap();

@@ -166,8 +166,8 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
                 found.map(|slot| slot.entry().clone())
             }
         };
-        // Boxed so that the hit path's future stays small.
-        Box::pin(runtime.miss(key, options, previous, mark, make_load)).await
+        // Not boxed: an allocation per miss costs more than a larger future.
+        runtime.miss(key, options, previous, mark, make_load).await
     }
 
     /// The values of `keys`, in order: L1, then one L2 MGET for the L1 misses, then one
@@ -431,7 +431,6 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
 
     /// The counters so far.
     pub fn stats(&self) -> TieredStats {
-        use std::sync::atomic::Ordering::Relaxed;
         let tiers = &self.runtime.tiers;
         let c = &tiers.counters;
         let l1 = tiers.l1.as_ref().map(layercache_moka::MokaBackend::stats);
@@ -442,32 +441,32 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         };
         TieredStats {
             // L1 hits are counted once, as `l1_hits`: one atomic on the hit path.
-            hits: c.hits.load(Relaxed) + c.l1_hits.load(Relaxed),
-            misses: c.misses.load(Relaxed),
-            coalesced: c.coalesced.load(Relaxed),
-            stale_served: c.stale_served.load(Relaxed),
-            l1_hits: c.l1_hits.load(Relaxed),
-            l1_misses: c.l1_misses.load(Relaxed),
-            l2_hits: c.l2_hits.load(Relaxed),
-            l2_misses: c.l2_misses.load(Relaxed),
-            l2_errors: c.l2_errors.load(Relaxed),
-            l2_skipped: c.l2_skipped.load(Relaxed),
-            l2_writes: c.l2_writes.load(Relaxed),
-            l2_write_failures: c.l2_write_failures.load(Relaxed),
+            hits: c.hits() + c.l1_hits(),
+            misses: c.misses(),
+            coalesced: c.coalesced(),
+            stale_served: c.stale_served(),
+            l1_hits: c.l1_hits(),
+            l1_misses: c.l1_misses(),
+            l2_hits: c.l2_hits(),
+            l2_misses: c.l2_misses(),
+            l2_errors: c.l2_errors(),
+            l2_skipped: c.l2_skipped(),
+            l2_writes: c.l2_writes(),
+            l2_write_failures: c.l2_write_failures(),
             l2_pending_writes: tiers.pending_writes() as u64,
-            l2_pending_dropped: c.pending_dropped.load(Relaxed),
+            l2_pending_dropped: c.pending_dropped(),
             l2_decode_failures: decode_failures,
             circuit: tiers.breaker.current(),
             circuit_opened: tiers.breaker.times_opened(),
-            loads: c.loads.load(Relaxed),
-            load_errors: c.load_errors.load(Relaxed),
-            hard_timeouts: c.hard_timeouts.load(Relaxed),
-            soft_timeouts: c.soft_timeouts.load(Relaxed),
-            refreshes: c.refreshes.load(Relaxed),
-            stores_skipped: c.stores_skipped.load(Relaxed),
-            lock_waits_served: c.lock_waits_served.load(Relaxed),
-            lock_timeouts: c.lock_timeouts.load(Relaxed),
-            lock_errors: c.lock_errors.load(Relaxed),
+            loads: c.loads(),
+            load_errors: c.load_errors(),
+            hard_timeouts: c.hard_timeouts(),
+            soft_timeouts: c.soft_timeouts(),
+            refreshes: c.refreshes(),
+            stores_skipped: c.stores_skipped(),
+            lock_waits_served: c.lock_waits_served(),
+            lock_timeouts: c.lock_timeouts(),
+            lock_errors: c.lock_errors(),
             evictions: l1.map_or(0, |s| s.evictions),
             l1_entries: l1.map_or(0, |s| s.entries),
         }

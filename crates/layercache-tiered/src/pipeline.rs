@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use layercache_core::{EntryMeta, EntryOptions, Error, Key, Result, Ticket, Timestamp};
-use layercache_stampede::{DistributedLock, EarlyExpiry, Joined, Mark, OnLockTimeout, SingleFlight};
+use layercache_stampede::{
+    DistributedLock, EarlyExpiry, Joined, Mark, OnLockTimeout, SingleFlight,
+};
 
 use crate::loaded::LoadFn;
 use crate::tiers::{Stored, Tiers};
@@ -259,12 +261,11 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                 previous = Some(entry);
             }
         }
+        // Boxed: a load is rare next to an L2 hit, and the flight's future stays small enough
+        // for the allocator's fast path.
         match &self.lock {
-            Some(lock) => {
-                self.locked_load(lock, &ticket, &options, previous, load)
-                    .await
-            }
-            None => self.load(&ticket, &options, previous, load).await,
+            Some(lock) => Box::pin(self.locked_load(lock, &ticket, &options, previous, load)).await,
+            None => Box::pin(self.load(&ticket, &options, previous, load)).await,
         }
     }
 

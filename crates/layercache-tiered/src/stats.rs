@@ -1,21 +1,61 @@
 //! The cache's counters and their snapshot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::circuit::CircuitState;
 
+/// Shards of the counters (a power of two): a thread bumps its own shard, so two cores counting
+/// hits do not fight over one cache line.
+const SHARDS: usize = 16;
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) & (SHARDS - 1);
+}
+
+fn my_shard() -> usize {
+    SHARD.try_with(|shard| *shard).unwrap_or(0)
+}
+
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident => $bump:ident,)*) => {
-        /// The live counters of one cache, shared by its parts.
+        /// One shard of the counters, on cache lines of its own.
         #[derive(Debug, Default)]
+        #[repr(align(128))]
+        struct Shard {
+            $($name: AtomicU64,)*
+        }
+
+        /// The live counters of one cache, shared by its parts.
+        #[derive(Debug)]
         pub(crate) struct Counters {
-            $(pub(crate) $name: AtomicU64,)*
+            shards: Box<[Shard]>,
+        }
+
+        impl Default for Counters {
+            fn default() -> Self {
+                Counters {
+                    shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+                }
+            }
         }
 
         impl Counters {
+            fn shard(&self) -> &Shard {
+                &self.shards[my_shard() % self.shards.len()]
+            }
+
             $(
                 pub(crate) fn $bump(&self) {
-                    self.$name.fetch_add(1, Ordering::Relaxed);
+                    self.shard().$name.fetch_add(1, Ordering::Relaxed);
+                }
+
+                pub(crate) fn $name(&self) -> u64 {
+                    self.shards
+                        .iter()
+                        .map(|shard| shard.$name.load(Ordering::Relaxed))
+                        .fold(0, u64::wrapping_add)
                 }
             )*
         }
@@ -109,7 +149,8 @@ pub struct TieredStats {
     pub lock_timeouts: u64,
     /// Lock store calls that failed (the load went on without the lock).
     pub lock_errors: u64,
-    /// L1 entries evicted for capacity.
+    /// L1 entries evicted for capacity; counted only with
+    /// [`l1_count_evictions`](crate::TieredCacheBuilder::l1_count_evictions) (0 otherwise).
     pub evictions: u64,
     /// L1 entries now.
     pub l1_entries: u64,

@@ -47,7 +47,7 @@ async fn random_bytes_written_by_another_client_read_as_counted_misses() {
             bytes[4] = 1;
             bytes[5] = 0;
         }
-        let key = ns.key(&i.to_string()).unwrap();
+        let key = ns.key(i).unwrap();
         let _: () = raw.set(key.as_str(), bytes).await.unwrap();
         keys.push(key);
     }

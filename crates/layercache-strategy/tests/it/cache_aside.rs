@@ -48,7 +48,7 @@ async fn a_thousand_reads_over_ten_keys_reach_the_source_ten_times() {
         .build()
         .unwrap();
     let ns = unique_space().namespace("products").unwrap();
-    let keys: Vec<Key> = (0..10).map(|i| ns.key(&format!("p{i}")).unwrap()).collect();
+    let keys: Vec<Key> = (0..10).map(|i| ns.key(format!("p{i}")).unwrap()).collect();
     let mut tasks = Vec::new();
     for t in 0..20 {
         let (cache, products, keys) = (cache.clone(), products.clone(), keys.clone());
@@ -91,7 +91,7 @@ async fn absent_rows_reach_the_source_once_per_key_per_negative_ttl() {
         .unwrap();
     let ns = unique_space().namespace("missing").unwrap();
     let keys: Vec<Key> = (0..5)
-        .map(|i| ns.key(&format!("nope{i}")).unwrap())
+        .map(|i| ns.key(format!("nope{i}")).unwrap())
         .collect();
     for _ in 0..20 {
         for key in &keys {
@@ -234,7 +234,7 @@ async fn read_through_loads_all_misses_with_one_batched_call() {
     let cache = tiered(&server, &clock).await.build().unwrap();
     let reader = ReadThrough::new(cache, products.clone());
     let ns = unique_space().namespace("rt").unwrap();
-    let keys: Vec<Key> = (0..25).map(|i| ns.key(&format!("p{i}")).unwrap()).collect();
+    let keys: Vec<Key> = (0..25).map(|i| ns.key(format!("p{i}")).unwrap()).collect();
     for key in &keys[..10] {
         reader.get(key).await.unwrap();
     }

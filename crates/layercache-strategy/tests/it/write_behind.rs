@@ -133,8 +133,7 @@ async fn hundred_thousand_writes_over_a_thousand_keys_leave_the_last_value() {
     let wb = WriteBehind::builder(Arc::clone(&cache), Arc::new(products.clone()))
         .build()
         .unwrap();
-    let keys: Arc<Vec<Key>> =
-        Arc::new((0..KEYS).map(|i| ns.key(&i.to_string()).unwrap()).collect());
+    let keys: Arc<Vec<Key>> = Arc::new((0..KEYS).map(|i| ns.key(i).unwrap()).collect());
 
     let started = Instant::now();
     // Each task owns the keys i ≡ t (mod TASKS) and writes them round after round, so the last
@@ -252,15 +251,11 @@ async fn stuck(
         .build()
         .unwrap();
     for i in 0..2 {
-        wb.put(&ns.key(&i.to_string()).unwrap(), product(i, 0))
-            .await
-            .unwrap();
+        wb.put(&ns.key(i).unwrap(), product(i, 0)).await.unwrap();
     }
     gated.entered.notified().await;
     for i in 2..6 {
-        wb.put(&ns.key(&i.to_string()).unwrap(), product(i, 0))
-            .await
-            .unwrap();
+        wb.put(&ns.key(i).unwrap(), product(i, 0)).await.unwrap();
     }
     assert_eq!(wb.stats().queue_depth, 6, "4 queued + 2 being written");
     (wb, gate, ns, products)
@@ -355,7 +350,7 @@ async fn a_read_only_source_is_retried_then_dead_lettered_and_recovers() {
         .build()
         .unwrap();
     products.make_read_only().await.unwrap();
-    let keys: Vec<Key> = (0..3).map(|i| ns.key(&i.to_string()).unwrap()).collect();
+    let keys: Vec<Key> = (0..3).map(|i| ns.key(i).unwrap()).collect();
     for (i, key) in keys.iter().enumerate() {
         wb.put(key, product(i, 0)).await.unwrap();
     }
@@ -474,9 +469,7 @@ async fn shutdown_drains_and_dropping_the_last_handle_drains_too() {
         .build()
         .unwrap();
     for i in 0..10 {
-        wb.put(&ns.key(&i.to_string()).unwrap(), product(i, 0))
-            .await
-            .unwrap();
+        wb.put(&ns.key(i).unwrap(), product(i, 0)).await.unwrap();
     }
     wb.shutdown().await.unwrap();
     assert_eq!(products.count().await.unwrap(), 10);
@@ -574,7 +567,7 @@ async fn throughput_against_write_through_on_the_same_workload() {
     let server = RedisServer::start();
     let cache = redis_cache(&server.url()).await;
     let ns = unique_space().namespace("products").unwrap();
-    let keys: Vec<Key> = (0..KEYS).map(|i| ns.key(&i.to_string()).unwrap()).collect();
+    let keys: Vec<Key> = (0..KEYS).map(|i| ns.key(i).unwrap()).collect();
     let options = EntryOptions::default();
 
     // Write-through style: the source, then the cache, per put.

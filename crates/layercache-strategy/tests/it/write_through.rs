@@ -42,7 +42,7 @@ async fn ten_thousand_random_reads_and_writes_leave_no_stale_value() {
     let ns = unique_space().namespace("wt").unwrap();
     let keys: Arc<Vec<Key>> = Arc::new(
         (0..KEYS)
-            .map(|i| ns.key(&format!("p{i}")).unwrap())
+            .map(|i| ns.key(format!("p{i}")).unwrap())
             .collect(),
     );
     for (i, key) in keys.iter().enumerate() {

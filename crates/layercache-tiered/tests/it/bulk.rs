@@ -16,7 +16,7 @@ async fn get_many_of_100_keys_makes_one_mget_and_one_batched_load() {
     let server = RedisServer::start();
     let url = server.url();
     let ns = unique_space().namespace("bulk").unwrap();
-    let keys: Vec<Key> = (0..100).map(|i| ns.key(&i.to_string()).unwrap()).collect();
+    let keys: Vec<Key> = (0..100).map(|i| ns.key(i).unwrap()).collect();
 
     // 50 keys already in L2, written by "another process".
     let other = RedisBackend::connect(url.as_str()).await.unwrap();
@@ -115,7 +115,7 @@ async fn warm_up_reports_every_item_and_one_failure_does_not_stop_the_rest() {
         ..Source::default()
     });
     let ns = unique_space().namespace("warm").unwrap();
-    let keys: Vec<Key> = (0..300).map(|i| ns.key(&i.to_string()).unwrap()).collect();
+    let keys: Vec<Key> = (0..300).map(|i| ns.key(i).unwrap()).collect();
     let report = cache.warm(&keys, &source).await;
     assert_eq!(report.items.len(), 300);
     assert_eq!(report.loaded(), 200);

@@ -34,8 +34,7 @@ async fn redis_stopped_for_5_s_under_load_returns_no_error_and_l2_is_used_again_
         .unwrap();
     let source = Source::new(Duration::from_millis(1));
     let ns = unique_space().namespace("outage").unwrap();
-    let keys: Arc<Vec<Key>> =
-        Arc::new((0..KEYS).map(|i| ns.key(&i.to_string()).unwrap()).collect());
+    let keys: Arc<Vec<Key>> = Arc::new((0..KEYS).map(|i| ns.key(i).unwrap()).collect());
     for key in keys.iter() {
         cache.get_or_load_from(key, &source).await.unwrap();
     }
@@ -132,7 +131,7 @@ async fn redis_paused_for_3_s_no_call_waits_for_it() {
         .unwrap();
     let source = Source::new(loader_time);
     let ns = unique_space().namespace("pause").unwrap();
-    let keys: Arc<Vec<Key>> = Arc::new((0..200).map(|i| ns.key(&i.to_string()).unwrap()).collect());
+    let keys: Arc<Vec<Key>> = Arc::new((0..200).map(|i| ns.key(i).unwrap()).collect());
 
     server.pause();
     let started = Instant::now();

@@ -100,11 +100,7 @@ async fn hot_keys_expiring_under_stale_while_revalidate_load_once_per_ttl_and_se
         .build()
         .unwrap();
     let namespace = unique_space().namespace("latency").unwrap();
-    let keys: Arc<Vec<Key>> = Arc::new(
-        (0..KEYS)
-            .map(|i| namespace.key(&i.to_string()).unwrap())
-            .collect(),
-    );
+    let keys: Arc<Vec<Key>> = Arc::new((0..KEYS).map(|i| namespace.key(i).unwrap()).collect());
     let loads: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
     let zipf = Arc::new(Zipf::new(KEYS, ZIPF_EXPONENT));
 

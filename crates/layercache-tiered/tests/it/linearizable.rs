@@ -223,9 +223,7 @@ async fn concurrent_loads_writes_deletes_and_clears_never_serve_an_outdated_vers
         .build()
         .unwrap();
     let namespace = unique_space().namespace("linearizable").unwrap();
-    let keys = (0..KEYS)
-        .map(|i| namespace.key(&i.to_string()).unwrap())
-        .collect();
+    let keys = (0..KEYS).map(|i| namespace.key(i).unwrap()).collect();
     let world = Arc::new(World {
         cache: cache.clone(),
         source: Arc::new(VersionedSource::new(KEYS)),

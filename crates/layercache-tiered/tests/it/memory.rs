@@ -94,7 +94,7 @@ async fn load_all(cache: &TieredCache<Vec<u8>>, namespace: &Namespace) {
             let (cache, namespace) = (cache.clone(), namespace.clone());
             tokio::spawn(async move {
                 for i in (t..KEYS).step_by(TASKS) {
-                    let key = namespace.key(&i.to_string()).unwrap();
+                    let key = namespace.key(i).unwrap();
                     let value = cache
                         .get_or_load(&key, |_key| async move {
                             Ok::<_, layercache_core::Error>(Some(vec![1u8; VALUE_BYTES]))
@@ -217,9 +217,7 @@ fn a_read_on_a_runtime_that_shut_down_does_not_deadlock() {
 fn a_runtime_dropped_while_loads_run_leaves_nothing_in_flight() {
     let cache = l1_only();
     let namespace = unique_space().namespace("dropped").unwrap();
-    let keys: Vec<_> = (0..TASKS)
-        .map(|i| namespace.key(&i.to_string()).unwrap())
-        .collect();
+    let keys: Vec<_> = (0..TASKS).map(|i| namespace.key(i).unwrap()).collect();
 
     let runtime = new_runtime();
     let started = Arc::new(AtomicUsize::new(0));

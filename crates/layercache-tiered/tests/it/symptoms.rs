@@ -326,7 +326,7 @@ async fn s4_l2_writes_of_different_keys_run_in_parallel() {
     let ns = unique_space().namespace("s4").unwrap();
     let mut writes = tokio::task::JoinSet::new();
     for i in 0..WRITES {
-        let (cache, key) = (cache.clone(), ns.key(&i.to_string()).unwrap());
+        let (cache, key) = (cache.clone(), ns.key(i).unwrap());
         writes.spawn(async move { cache.set(&key, format!("v{i}")).await });
     }
     // While L2 holds the first writes, every other write queues up: none waits for another
@@ -350,7 +350,7 @@ async fn s4_l2_writes_of_different_keys_run_in_parallel() {
     // Serialized writes make one call per key; queued writes leave together in a few pipelines.
     assert!(calls <= 16, "{calls} L2 write calls for {WRITES} keys");
     for i in [0, 17, 63] {
-        let key = ns.key(&i.to_string()).unwrap();
+        let key = ns.key(i).unwrap();
         assert!(raw_get(&server.url(), &key).await.is_some(), "{key} in L2");
     }
     cache.shutdown().await.unwrap();
@@ -450,7 +450,7 @@ async fn s7_get_many_honours_the_hard_timeout_and_fail_safe_and_warm_reports_abs
         .unwrap();
     let source = Arc::new(Batch::default());
     let ns = unique_space().namespace("s7").unwrap();
-    let keys: Vec<Key> = (0..5).map(|i| ns.key(&format!("a{i}")).unwrap()).collect();
+    let keys: Vec<Key> = (0..5).map(|i| ns.key(format!("a{i}")).unwrap()).collect();
 
     // Nothing cached and the batch hangs: a Timeout error, not a hang.
     source.hang.store(true, Ordering::SeqCst);
@@ -481,7 +481,7 @@ async fn s7_get_many_honours_the_hard_timeout_and_fail_safe_and_warm_reports_abs
     // Warm-up reports the rows the source does not have as absent.
     source.hang.store(false, Ordering::SeqCst);
     source.gaps.store(true, Ordering::SeqCst);
-    let warm_keys: Vec<Key> = (0..10).map(|i| ns.key(&format!("w{i}")).unwrap()).collect();
+    let warm_keys: Vec<Key> = (0..10).map(|i| ns.key(format!("w{i}")).unwrap()).collect();
     let report = bounded("warm", cache.warm(&warm_keys, &source)).await;
     assert_eq!(report.items.len(), 10);
     assert_eq!((report.loaded(), report.absent()), (5, 5), "{report:?}");
@@ -623,7 +623,7 @@ async fn s11_no_bookkeeping_is_left_after_2000_keys_once_shut_down() {
         let (cache, ns, loads) = (cache.clone(), ns.clone(), Arc::clone(&loads));
         tasks.spawn(async move {
             for i in (t..KEYS).step_by(TASKS) {
-                let key = ns.key(&i.to_string()).unwrap();
+                let key = ns.key(i).unwrap();
                 let loads = Arc::clone(&loads);
                 let value = cache
                     .get_or_load(&key, move |key| async move {

@@ -107,9 +107,7 @@ async fn child(url: String, db: String, prefix: String) {
             let (wb, ns) = (wb.clone(), ns.clone());
             tokio::spawn(async move {
                 for i in (t..WRITES).step_by(4) {
-                    wb.put(&ns.key(&i.to_string()).unwrap(), product(i, 0))
-                        .await
-                        .unwrap();
+                    wb.put(&ns.key(i).unwrap(), product(i, 0)).await.unwrap();
                     println!("ACK {i}");
                 }
             })
@@ -299,7 +297,7 @@ async fn a_full_journal_rejects_or_waits_and_an_unreachable_one_refuses_the_writ
     let reject = build(WhenFull::Reject);
     for i in 0..3 {
         reject
-            .put(&ns.key(&i.to_string()).unwrap(), product(i, 0))
+            .put(&ns.key(i).unwrap(), product(i, 0))
             .await
             .unwrap();
     }
@@ -359,7 +357,7 @@ async fn durable_throughput_on_the_write_through_workload() {
     const KEYS: usize = 1_000;
     let server = RedisServer::start();
     let ns: Namespace = unique_space().namespace("products").unwrap();
-    let keys: Vec<Key> = (0..KEYS).map(|i| ns.key(&i.to_string()).unwrap()).collect();
+    let keys: Vec<Key> = (0..KEYS).map(|i| ns.key(i).unwrap()).collect();
     let products = source(&ns).await;
     let (wb, journal) = durable(
         &server.url(),
