@@ -18,6 +18,9 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// Stripes of the landing marks (a power of two).
 const MARK_STRIPES: usize = 1024;
+/// Shards of the flights map (a power of two): concurrent misses of different keys rarely share
+/// a lock.
+const MAP_SHARDS: usize = 64;
 
 type Outcome<T> = Option<Result<T>>;
 type Hasher = foldhash::fast::RandomState;
@@ -65,7 +68,7 @@ impl<T: Send + Sync + 'static> fmt::Debug for Joined<T> {
 type Flights<T> = HashMap<Key, Flight<T>, Hasher>;
 
 struct Shared<T> {
-    flights: Mutex<Flights<T>>,
+    flights: Box<[Mutex<Flights<T>>]>,
     /// Per stripe of keys: how many flights landed (bumped under the map's lock, before the
     /// flight is forgotten).
     landed: Box<[AtomicU64]>,
@@ -79,13 +82,23 @@ impl<T> Shared<T> {
         (key.hash_value() as usize) & (MARK_STRIPES - 1)
     }
 
-    fn flights(&self) -> MutexGuard<'_, Flights<T>> {
-        // A panic while the map is locked cannot leave it inconsistent (each critical section is
-        // one insert, lookup or remove), so a poisoned lock is used as it is.
-        self.flights
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The shard of the flights map that holds `key`.
+    fn flights(&self, key: &Key) -> MutexGuard<'_, Flights<T>> {
+        lock(&self.flights[(key.hash_value() as usize) & (MAP_SHARDS - 1)])
     }
+
+    /// How many flights are in progress.
+    fn in_flight(&self) -> usize {
+        self.flights.iter().map(|shard| lock(shard).len()).sum()
+    }
+}
+
+fn lock<M>(mutex: &Mutex<M>) -> MutexGuard<'_, M> {
+    // A panic while a map is locked cannot leave it inconsistent (each critical section is one
+    // insert, lookup or remove), so a poisoned lock is used as it is.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Counters of a [`SingleFlight`].
@@ -153,7 +166,7 @@ impl<T> Clone for SingleFlight<T> {
 impl<T> fmt::Debug for SingleFlight<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SingleFlight")
-            .field("flights", &self.shared.flights().len())
+            .field("flights", &self.shared.in_flight())
             .field("max_wait", &self.max_wait)
             .finish()
     }
@@ -170,7 +183,9 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     pub fn new() -> Self {
         SingleFlight {
             shared: Arc::new(Shared {
-                flights: Mutex::new(HashMap::default()),
+                flights: (0..MAP_SHARDS)
+                    .map(|_| Mutex::new(HashMap::default()))
+                    .collect(),
                 landed: (0..MARK_STRIPES).map(|_| AtomicU64::new(0)).collect(),
                 next_id: AtomicU64::new(0),
                 led: AtomicU64::new(0),
@@ -192,7 +207,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         SingleFlightStats {
             led: self.shared.led.load(Ordering::Relaxed),
             coalesced: self.shared.coalesced.load(Ordering::Relaxed),
-            in_flight: self.shared.flights().len() as u64,
+            in_flight: self.shared.in_flight() as u64,
         }
     }
 
@@ -216,7 +231,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
 
     /// Whether work for `key` is in progress.
     pub fn is_in_flight(&self, key: &Key) -> bool {
-        self.shared.flights().contains_key(key)
+        self.shared.flights(key).contains_key(key)
     }
 
     /// Runs one batched `work` for the keys of `keys` that have no flight yet, and joins the flights
@@ -234,8 +249,8 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         let mut led_set: HashSet<&Key> = HashSet::new();
         let mut landings = Vec::new();
         {
-            let mut flights = self.shared.flights();
             for key in keys {
+                let mut flights = self.shared.flights(key);
                 if let Some(flight) = flights.get(key) {
                     if !led_set.contains(key) {
                         self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
@@ -281,12 +296,14 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     /// Detaches the flight of `key`, if any: it runs on and its callers get its outcome, but new
     /// callers start a new flight. Used when a write makes the running flight's value outdated.
     pub fn forget(&self, key: &Key) {
-        self.shared.flights().remove(key);
+        self.shared.flights(key).remove(key);
     }
 
     /// [`forget`](Self::forget) every flight whose key matches `matches` (a namespace clear).
     pub fn forget_where(&self, matches: impl Fn(&Key) -> bool) {
-        self.shared.flights().retain(|key, _| !matches(key));
+        for shard in &self.shared.flights {
+            lock(shard).retain(|key, _| !matches(key));
+        }
     }
 
     /// Runs `work` for `key`, or joins the flight already running for it, and returns the outcome.
@@ -306,7 +323,12 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         F: Future<Output = Result<T>> + Send + 'static,
     {
         match self.join_or_lead(key, make_work) {
-            Joined::Led(leading) => (true, leading.await),
+            // The leader waits no longer than a follower would: past `max_wait` the rest of the
+            // work goes on in a task of its own.
+            Joined::Led(leading) => (
+                true,
+                self.within_max_wait(key, leading).await.unwrap_or_else(Err),
+            ),
             Joined::Joined(waiter) => (false, self.wait(key, waiter).await),
         }
     }
@@ -319,7 +341,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         M: FnOnce() -> F,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let mut flights = self.shared.flights();
+        let mut flights = self.shared.flights(key);
         if let Some(flight) = flights.get(key) {
             self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
             return Joined::Joined(Waiter(flight.outcome.clone()));
@@ -339,7 +361,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         M: FnOnce() -> F,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let flights = self.shared.flights();
+        let flights = self.shared.flights(key);
         if flights.contains_key(key) {
             return false;
         }
@@ -400,13 +422,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     pub async fn wait(&self, key: &Key, waiter: Waiter<T>) -> Result<T> {
         let mut outcome = waiter.0;
         let landing = outcome.wait_for(Option::is_some);
-        let waited = match tokio::time::Instant::now().checked_add(self.max_wait) {
-            Some(deadline) if self.max_wait != Duration::MAX => {
-                tokio::time::timeout_at(deadline, landing).await
-            }
-            _ => Ok(landing.await),
-        };
-        match waited {
+        match self.within_max_wait(key, landing).await {
             Ok(Ok(landed)) => match &*landed {
                 Some(result) => result.clone(),
                 None => Err(Error::loader("single-flight outcome missing")),
@@ -414,10 +430,24 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             Ok(Err(_closed)) => Err(Error::loader(format!(
                 "the flight for {key} ended without an outcome"
             ))),
-            Err(_elapsed) => Err(Error::timeout(format!(
-                "waited {:?} for the flight loading {key}",
-                self.max_wait
-            ))),
+            Err(timeout) => Err(timeout),
+        }
+    }
+
+    /// Runs `future` for at most the group's `max_wait`; a `Timeout` error after that.
+    async fn within_max_wait<F: Future>(&self, key: &Key, future: F) -> Result<F::Output> {
+        match tokio::time::Instant::now().checked_add(self.max_wait) {
+            Some(deadline) if self.max_wait != Duration::MAX => {
+                tokio::time::timeout_at(deadline, future)
+                    .await
+                    .map_err(|_| {
+                        Error::timeout(format!(
+                            "waited {:?} for the flight loading {key}",
+                            self.max_wait
+                        ))
+                    })
+            }
+            _ => Ok(future.await),
         }
     }
 }
@@ -451,7 +481,7 @@ impl<T: Send + Sync + 'static> Landing<T> {
     /// Marks the key's stripe as landed and forgets the flight; returns the map's lock, under
     /// which the outcome is sent (so no caller joins the flight after it).
     fn forget_landed(&self) -> MutexGuard<'_, Flights<T>> {
-        let mut flights = self.shared.flights();
+        let mut flights = self.shared.flights(&self.key);
         if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
             flights.remove(&self.key);
         }
