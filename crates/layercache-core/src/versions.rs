@@ -17,6 +17,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crossbeam_utils::CachePadded;
+
 use crate::key::{Key, Namespace};
 
 const SHARDS: usize = 64;
@@ -50,7 +52,7 @@ type Shard = HashMap<Key, Slot, foldhash::fast::RandomState>;
 /// # Ok::<(), layercache_core::KeyError>(())
 /// ```
 pub struct Versions {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
     /// Clears in progress, by namespace; checked by commits only when `clearing` is non-zero.
     clears: Mutex<Vec<(u64, Namespace)>>,
     clearing: AtomicUsize,
@@ -84,7 +86,7 @@ impl Versions {
     pub fn new() -> Self {
         Versions {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::default()))
+                .map(|_| CachePadded::new(Mutex::new(HashMap::default())))
                 .collect(),
             clears: Mutex::new(Vec::new()),
             clearing: AtomicUsize::new(0),
@@ -173,7 +175,8 @@ impl Versions {
         apply: impl FnOnce(),
     ) -> ClearTicket {
         let id = self.next_clear.fetch_add(1, Ordering::Relaxed);
-        let mut shards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(locked).collect();
+        let mut shards: Vec<MutexGuard<'_, Shard>> =
+            self.shards.iter().map(|shard| locked(shard)).collect();
         for shard in &mut shards {
             bump_namespace(shard, namespace);
         }
@@ -341,7 +344,8 @@ impl ClearTicket {
 
     fn end(&self, apply: impl FnOnce()) {
         let versions = &self.versions;
-        let mut shards: Vec<MutexGuard<'_, Shard>> = versions.shards.iter().map(locked).collect();
+        let mut shards: Vec<MutexGuard<'_, Shard>> =
+            versions.shards.iter().map(|shard| locked(shard)).collect();
         for shard in &mut shards {
             bump_namespace(shard, &self.namespace);
         }

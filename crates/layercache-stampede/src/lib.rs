@@ -38,5 +38,5 @@ pub use lock::{
     DistributedLock, LockGuard, LockOptions, OnLockTimeout,
 };
 pub use single_flight::{
-    DEFAULT_MAX_WAIT, Joined, Leading, Mark, SingleFlight, SingleFlightStats, Waiter,
+    DEFAULT_MAX_WAIT, Joined, Leading, SingleFlight, SingleFlightStats, Waiter,
 };

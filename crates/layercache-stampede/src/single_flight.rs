@@ -10,14 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
 use layercache_core::{Error, Key, Result};
 use tokio::sync::watch;
 
 /// The default bound on how long a caller waits for a flight (10 s).
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 
-/// Stripes of the landing marks (a power of two).
-const MARK_STRIPES: usize = 1024;
 /// Shards of the flights map (a power of two): concurrent misses of different keys rarely share
 /// a lock.
 const MAP_SHARDS: usize = 64;
@@ -40,14 +39,6 @@ impl<T> fmt::Debug for Waiter<T> {
     }
 }
 
-/// What a caller saw of the flights of a key before it looked in the cache; see
-/// [`SingleFlight::mark`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Mark {
-    stripe: usize,
-    landed: u64,
-}
-
 /// How a caller takes part in the flight of a key; see [`SingleFlight::join_or_lead`].
 pub enum Joined<T: Send + Sync + 'static> {
     /// No flight was running: this caller leads one. Await the [`Leading`] to run the work.
@@ -68,20 +59,13 @@ impl<T: Send + Sync + 'static> fmt::Debug for Joined<T> {
 type Flights<T> = HashMap<Key, Flight<T>, Hasher>;
 
 struct Shared<T> {
-    flights: Box<[Mutex<Flights<T>>]>,
-    /// Per stripe of keys: how many flights landed (bumped under the map's lock, before the
-    /// flight is forgotten).
-    landed: Box<[AtomicU64]>,
+    flights: Box<[CachePadded<Mutex<Flights<T>>>]>,
     next_id: AtomicU64,
     led: AtomicU64,
     coalesced: AtomicU64,
 }
 
 impl<T> Shared<T> {
-    fn stripe(&self, key: &Key) -> usize {
-        (key.hash_value() as usize) & (MARK_STRIPES - 1)
-    }
-
     /// The shard of the flights map that holds `key`.
     fn flights(&self, key: &Key) -> MutexGuard<'_, Flights<T>> {
         lock(&self.flights[(key.hash_value() as usize) & (MAP_SHARDS - 1)])
@@ -184,9 +168,8 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         SingleFlight {
             shared: Arc::new(Shared {
                 flights: (0..MAP_SHARDS)
-                    .map(|_| Mutex::new(HashMap::default()))
+                    .map(|_| CachePadded::new(Mutex::new(HashMap::default())))
                     .collect(),
-                landed: (0..MARK_STRIPES).map(|_| AtomicU64::new(0)).collect(),
                 next_id: AtomicU64::new(0),
                 led: AtomicU64::new(0),
                 coalesced: AtomicU64::new(0),
@@ -209,24 +192,6 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             coalesced: self.shared.coalesced.load(Ordering::Relaxed),
             in_flight: self.shared.in_flight() as u64,
         }
-    }
-
-    /// What a caller has seen of the flights of `key`: take it before looking in the cache, and
-    /// ask [`landed_since`](Self::landed_since) when about to lead a flight. One hash and one
-    /// atomic load.
-    pub fn mark(&self, key: &Key) -> Mark {
-        let stripe = self.shared.stripe(key);
-        Mark {
-            stripe,
-            landed: self.shared.landed[stripe].load(Ordering::Acquire),
-        }
-    }
-
-    /// Whether a flight of `key` (or of a key sharing its stripe) landed since `mark` was taken:
-    /// if not, whatever the caller found in the cache then is still what the flights left there,
-    /// and a new flight need not look again.
-    pub fn landed_since(&self, mark: Mark) -> bool {
-        self.shared.landed[mark.stripe].load(Ordering::Acquire) != mark.landed
     }
 
     /// Whether work for `key` is in progress.
@@ -478,15 +443,13 @@ impl<T: Send + Sync + 'static> Landing<T> {
         result
     }
 
-    /// Marks the key's stripe as landed and forgets the flight; returns the map's lock, under
-    /// which the outcome is sent (so no caller joins the flight after it).
+    /// Forgets the flight; returns the map's lock, under which the outcome is sent (so no caller
+    /// joins the flight after it).
     fn forget_landed(&self) -> MutexGuard<'_, Flights<T>> {
         let mut flights = self.shared.flights(&self.key);
         if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
             flights.remove(&self.key);
         }
-        let stripe = self.shared.stripe(&self.key);
-        self.shared.landed[stripe].fetch_add(1, Ordering::Release);
         flights
     }
 

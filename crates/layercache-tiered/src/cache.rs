@@ -150,8 +150,6 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
     ) -> Result<Option<V>> {
         let runtime = &self.runtime;
         let counters = &runtime.tiers.counters;
-        // Taken before L1 is read: tells the miss path whether a flight landed since.
-        let mark = runtime.flights.mark(key);
         let now = runtime.now();
         let previous = match runtime.tiers.l1_slot(key, now) {
             Some(slot) if slot.entry().meta.is_fresh(now) => {
@@ -167,7 +165,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
             }
         };
         // Not boxed: an allocation per miss costs more than a larger future.
-        runtime.miss(key, options, previous, mark, make_load).await
+        runtime.miss(key, options, previous, make_load).await
     }
 
     /// The values of `keys`, in order: L1, then one L2 MGET for the L1 misses, then one

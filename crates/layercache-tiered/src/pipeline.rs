@@ -10,9 +10,9 @@
 //!    outcome (a caller holding a stale value waits at most the soft timeout, then gets it).
 //! 4. The leader's work ([`Runtime::lead`]), in the leading caller's task (handed to a task of
 //!    its own only if that caller goes away first: cancellation-safe):
-//!    a. take a [`Ticket`](layercache_core::Ticket) in the version table, then re-read L1 if a
-//!    flight of the key landed since the caller looked (a landing mark, not a second lookup),
-//!    and read L2 (another process may have it);
+//!    a. take a [`Ticket`](layercache_core::Ticket) in the version table, read L2 (another
+//!    process may have it), and, before loading, L1 again (a flight that landed after the caller
+//!    looked may have stored there, its L2 write still on the way);
 //!    b. **distributed lock** (optional): one process loads, the others poll L2 for its value;
 //!    c. **hard timeout** around the loader, its duration measured (XFetch's delta);
 //!    d. **fail-safe**: a failed or timed-out load serves the stale value, kept fresh for the
@@ -27,9 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use layercache_core::{EntryMeta, EntryOptions, Error, Key, Result, Ticket, Timestamp};
-use layercache_stampede::{
-    DistributedLock, EarlyExpiry, Joined, Mark, OnLockTimeout, SingleFlight,
-};
+use layercache_stampede::{DistributedLock, EarlyExpiry, Joined, OnLockTimeout, SingleFlight};
 
 use crate::loaded::LoadFn;
 use crate::tiers::{Stored, Tiers};
@@ -165,7 +163,6 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                 key.clone(),
                 options.clone(),
                 Some(seen.clone()),
-                true,
                 make_load(),
             )
         });
@@ -174,14 +171,12 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         }
     }
 
-    /// Layers 2 and 3: a read that found no fresh value in L1 (`previous` is what it found,
-    /// `mark` what it saw of the flights before it looked).
+    /// Layers 2 and 3: a read that found no fresh value in L1 (`previous` is what it found).
     pub(crate) async fn miss(
         self: &Arc<Self>,
         key: &Key,
         options: &EntryOptions,
         previous: Option<Stored<V>>,
-        mark: Mark,
         make_load: impl FnOnce() -> LoadFn<V>,
     ) -> Result<Option<V>> {
         let counters = &self.tiers.counters;
@@ -195,15 +190,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
             return Ok(stale.value.clone());
         }
         let joined = self.flights.join_or_lead(key, || {
-            // A flight that landed since the caller looked may have filled L1: look again then.
-            let recheck_l1 = self.flights.landed_since(mark);
-            Arc::clone(self).lead(
-                key.clone(),
-                options.clone(),
-                stale.clone(),
-                recheck_l1,
-                make_load(),
-            )
+            Arc::clone(self).lead(key.clone(), options.clone(), stale.clone(), make_load())
         });
         let led = matches!(joined, Joined::Led(_));
         let outcome = async {
@@ -229,27 +216,16 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         Ok(served.value)
     }
 
-    /// Layer 4: the leader's work (a flight). `recheck_l1`: whether L1 may have changed since
-    /// the caller looked (a flight of the key landed since); L1 is read once per request
-    /// otherwise.
+    /// Layer 4: the leader's work (a flight).
     pub(crate) async fn lead(
         self: Arc<Self>,
         key: Key,
         options: EntryOptions,
         previous: Option<Stored<V>>,
-        recheck_l1: bool,
         load: LoadFn<V>,
     ) -> Result<Served<V>> {
         let ticket = self.tiers.versions.begin(&key);
         let seen = previous.as_ref().map(|p| p.meta.clone());
-        let now = self.now();
-        if recheck_l1
-            && let Some(slot) = self.tiers.l1_slot(&key, now)
-            && slot.entry().meta.is_fresh(now)
-            && newer(slot.entry(), seen.as_ref())
-        {
-            return Ok(Served::cached(slot.value().clone()));
-        }
         let mut previous = previous;
         if let Some(entry) = self.tiers.l2_entry(&key).await {
             let now = self.now();
@@ -260,6 +236,16 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
             if !entry.meta.is_expired(now) && newer(&entry, previous.as_ref().map(|p| &p.meta)) {
                 previous = Some(entry);
             }
+        }
+        // A flight that landed after the caller missed L1 stored its value there, and its L2 write
+        // may still be on the way: look again before asking the source. L1 is read a second time
+        // only before a load, never on the way to an L2 hit.
+        let now = self.now();
+        if let Some(slot) = self.tiers.l1_slot(&key, now)
+            && slot.entry().meta.is_fresh(now)
+            && newer(slot.entry(), seen.as_ref())
+        {
+            return Ok(Served::cached(slot.value().clone()));
         }
         // Boxed: a load is rare next to an L2 hit, and the flight's future stays small enough
         // for the allocator's fast path.

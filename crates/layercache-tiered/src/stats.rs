@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crossbeam_utils::CachePadded;
+
 use crate::circuit::CircuitState;
 
 /// Shards of the counters (a power of two): a thread bumps its own shard, so two cores counting
@@ -20,9 +22,8 @@ fn my_shard() -> usize {
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident => $bump:ident,)*) => {
-        /// One shard of the counters, on cache lines of its own.
+        /// One shard of the counters.
         #[derive(Debug, Default)]
-        #[repr(align(128))]
         struct Shard {
             $($name: AtomicU64,)*
         }
@@ -30,13 +31,14 @@ macro_rules! counters {
         /// The live counters of one cache, shared by its parts.
         #[derive(Debug)]
         pub(crate) struct Counters {
-            shards: Box<[Shard]>,
+            // Each shard on cache lines of its own.
+            shards: Box<[CachePadded<Shard>]>,
         }
 
         impl Default for Counters {
             fn default() -> Self {
                 Counters {
-                    shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+                    shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
                 }
             }
         }
