@@ -1,11 +1,14 @@
 //! `tiered_get` and `bulk`: reads through the two-tier `TieredCache`, against raw moka and raw
 //! redis-rs in the same run.
 //!
-//! `tiered_get` (every value is the 1 KiB [`Payload`]):
-//! - `moka_raw`: `moka::future::Cache<String, Payload>::get` of one key (bounded by entry count).
-//! - `l1_hit`: `TieredCache::<Payload>::get_or_load` of one key present in L1 (a cache built with
+//! `tiered_get` (every value is the 1 KiB [`Payload`] behind an `Arc`, as the README recommends
+//! for values costly to clone, on both sides):
+//! - `moka_raw`: `moka::future::Cache<String, Arc<Payload>>::get` of one key (bounded by entry
+//!   count).
+//! - `l1_hit`: `TieredCache::<Arc<Payload>>::get_or_load` of one key present in L1 (a cache built with
 //!   `.redis_url(..)`, the key stored with `set`); the loader is never called (checked).
-//! - `redis_raw`: redis-rs GET on a `ConnectionManager` + `serde_json::from_slice` into `Payload`,
+//! - `redis_raw`: redis-rs GET on a `ConnectionManager` + `serde_json::from_slice` into an
+//!   `Arc<Payload>`,
 //!   cycling over [`L2_KEYS`] keys.
 //! - `l2_hit`: `TieredCache::get_or_load` where L1 misses and L2 hits. A long-lived cache cannot be
 //!   made to miss L1 on every read (there is no L1-only invalidation, and the L1 TTL cap is far
@@ -67,18 +70,18 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A loader that must never run (every key is cached); counts its calls.
-fn never_loader(calls: &Arc<AtomicU64>) -> Arc<impl Loader<Payload> + use<>> {
+fn never_loader(calls: &Arc<AtomicU64>) -> Arc<impl Loader<Arc<Payload>> + use<>> {
     let calls = Arc::clone(calls);
     Arc::new(loader_fn(move |key: Key| {
         calls.fetch_add(1, Ordering::Relaxed);
-        async move { Err::<Option<Payload>, _>(Error::loader(format!("loader called for {key}"))) }
+        async move { Err::<Option<Arc<Payload>>, _>(Error::loader(format!("loader called for {key}"))) }
     }))
 }
 
 /// A two-tier cache with an empty L1 over the shared, connected L2, built and warmed up outside
 /// the timed section: its first read (an L2 hit of the warm-up key) has run, so the timed reads
 /// find the connection as a busy cache's reads would, not idle since the previous batch.
-async fn fresh_cache(fx: &Fixture) -> TieredCache<Payload> {
+async fn fresh_cache(fx: &Fixture) -> TieredCache<Arc<Payload>> {
     let cache = TieredCache::builder()
         .options(EntryOptions::new(TTL))
         .redis(fx.l2.clone())
@@ -169,19 +172,19 @@ fn tiered_get(c: &mut Criterion) {
     let calls = Arc::new(AtomicU64::new(0));
     let loader = never_loader(&calls);
 
-    let payload = Payload::new(42);
+    let payload = Arc::new(Payload::new(42));
     let ns = KeySpace::new("bench")
         .expect("key space")
         .namespace("tiered_get")
         .expect("namespace");
     let moka_key = ns.key("moka_raw").expect("key").as_str().to_owned();
-    let moka_raw: moka::future::Cache<String, Payload> = moka::future::Cache::builder()
+    let moka_raw: moka::future::Cache<String, Arc<Payload>> = moka::future::Cache::builder()
         .max_capacity(DEFAULT_L1_MAX_ENTRIES)
         .build();
     let l1_key = ns.key("l1_hit").expect("key");
     // `redis_url` connects lazily, which spawns onto the runtime: build inside it.
     let runtime_context = rt.enter();
-    let l1_cache: TieredCache<Payload> = TieredCache::builder()
+    let l1_cache: TieredCache<Arc<Payload>> = TieredCache::builder()
         .options(EntryOptions::new(TTL))
         .redis_url(server.url())
         .build()
@@ -207,7 +210,7 @@ fn tiered_get(c: &mut Criterion) {
             .get_or_load_from(&fx.l2_keys[3], &loader)
             .await
             .expect("l2 hit");
-        assert_eq!(hit, Some(Payload::new(3)));
+        assert_eq!(hit.as_deref(), Some(&Payload::new(3)));
         let stats = cache.stats();
         assert_eq!((stats.l1_hits, stats.l2_hits), (0, 2), "{stats:?}");
     });
@@ -246,7 +249,8 @@ fn tiered_get(c: &mut Criterion) {
                     .query_async(&mut conn)
                     .await
                     .unwrap();
-                let value: Option<Payload> = bytes.map(|b| serde_json::from_slice(&b).unwrap());
+                let value: Option<Arc<Payload>> =
+                    bytes.map(|b| Arc::new(serde_json::from_slice(&b).unwrap()));
                 black_box(value.unwrap())
             }
         });
@@ -316,9 +320,9 @@ fn tiered_get(c: &mut Criterion) {
                     mget.arg(key.as_str());
                 }
                 let values: Vec<Option<Vec<u8>>> = mget.query_async(&mut conn).await.unwrap();
-                let values: Vec<Payload> = values
+                let values: Vec<Arc<Payload>> = values
                     .into_iter()
-                    .map(|b| serde_json::from_slice(&b.unwrap()).unwrap())
+                    .map(|b| Arc::new(serde_json::from_slice(&b.unwrap()).unwrap()))
                     .collect();
                 black_box(values)
             }

@@ -10,8 +10,9 @@
 //!   [`stale_until`](layercache_core::EntryMeta::stale_until), and at most the TTL cap after it was
 //!   stored), checked against the backend's clock when it is read. An entry past its deadline reads
 //!   as a miss and waits, like any cold entry, to be replaced or evicted by the capacity bound;
-//! - a hit hands out the stored `Arc` (one reference count), and [`Backend::get`] clones the entry
-//!   from it. Keep large values behind an `Arc` (`MokaBackend<Arc<T>>`) and a hit allocates nothing.
+//! - the entry sits inline in moka's own entry (no allocation of its own, no pointer to chase on a
+//!   hit); a hit is moka's clone of it: a copy of the meta and the value's `clone`. Keep large
+//!   values behind an `Arc` (`MokaBackend<Arc<T>>`) and a hit allocates nothing.
 //!
 //! The cache is bounded by entry count (default 10,000) or by bytes through a weigher. moka keeps no
 //! hit or miss counts; the backend keeps its own ([`MokaStats`]).
@@ -90,24 +91,13 @@ struct Counters {
     expirations: AtomicU64,
 }
 
-/// What the map holds for a key: the entry and the moment it stops being served from here.
-#[derive(Debug)]
-pub struct Slot<V> {
+/// What the map holds for a key, inline in moka's own entry (no allocation of its own, no pointer
+/// to chase on a hit): the entry and the moment it stops being served from here.
+#[derive(Clone, Debug)]
+struct Slot<V> {
     entry: Entry<V>,
     /// `stale_until`, or earlier by the TTL cap.
     until: Timestamp,
-}
-
-impl<V> Slot<V> {
-    /// The stored entry.
-    pub fn entry(&self) -> &Entry<V> {
-        &self.entry
-    }
-
-    /// The stored value.
-    pub fn value(&self) -> &V {
-        &self.entry.value
-    }
 }
 
 type Weigher<V> = Arc<dyn Fn(&Key, &V) -> u32 + Send + Sync>;
@@ -212,7 +202,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
             Some((0, _)) => return Err(Error::config("max_bytes must be greater than 0")),
             Some((max_bytes, weigher)) => builder
                 .max_capacity(max_bytes)
-                .weigher(move |key: &Key, slot: &Arc<Slot<V>>| weigher(key, &slot.entry.value)),
+                .weigher(move |key: &Key, slot: &Slot<V>| weigher(key, &slot.entry.value)),
             None if self.max_entries == 0 => {
                 return Err(Error::config("max_entries must be greater than 0"));
             }
@@ -231,8 +221,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
 ///
 /// Cloning is cheap and shares the cache.
 pub struct MokaBackend<V> {
-    // Entries sit behind an `Arc`: moka moves smaller values, and a hit is one reference count.
-    cache: Cache<Key, Arc<Slot<V>>, Hasher>,
+    cache: Cache<Key, Slot<V>, Hasher>,
     clock: SharedClock,
     ttl_cap: Option<Duration>,
     counters: Arc<Counters>,
@@ -298,9 +287,9 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
     /// that hold the concrete backend. Counted in [`stats`](Self::stats).
     pub fn get_entry(&self, key: &Key) -> Option<Entry<V>> {
         match self.lookup_at(key, self.clock.now()) {
-            Some(slot) => {
+            Some(entry) => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                Some(slot.entry.clone())
+                Some(entry)
             }
             None => {
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
@@ -309,16 +298,17 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
         }
     }
 
-    /// The live slot under `key` at `now` (read from the caller's clock), without a future, a copy
-    /// or a count in [`stats`](Self::stats): the two-tier cache's L1 hit path, which keeps its
-    /// own counters and has read the clock already.
-    pub fn lookup_at(&self, key: &Key, now: Timestamp) -> Option<Arc<Slot<V>>> {
+    /// The live entry under `key` at `now` (read from the caller's clock), without a future or a
+    /// count in [`stats`](Self::stats): the two-tier cache's L1 hit path, which keeps its own
+    /// counters and has read the clock already. The entry is moka's clone of it (the value's
+    /// `clone` and a copy of the meta).
+    pub fn lookup_at(&self, key: &Key, now: Timestamp) -> Option<Entry<V>> {
         let slot = self.cache.get(key)?;
         if now >= slot.until {
             self.counters.expirations.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Some(slot)
+        Some(slot.entry)
     }
 
     /// Removes `key` without a future; `true` when it was present (and live).
@@ -353,8 +343,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
             Some(cap) => entry.meta.stale_until.min(now + cap),
             None => entry.meta.stale_until,
         };
-        self.cache
-            .insert(key.clone(), Arc::new(Slot { entry, until }));
+        self.cache.insert(key.clone(), Slot { entry, until });
     }
 }
 

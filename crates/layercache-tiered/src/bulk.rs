@@ -81,20 +81,20 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         let mut missing: Vec<usize> = Vec::new();
         let now = self.now();
         for (i, key) in keys.iter().enumerate() {
-            match self.tiers.l1_slot(key, now) {
-                Some(slot) if slot.entry().meta.is_fresh(now) => {
+            match self.tiers.l1_entry_at(key, now) {
+                Some(entry) if entry.meta.is_fresh(now) => {
                     counters.bump_l1_hits();
-                    self.on_hit(key, slot.entry(), options, now, || {
+                    self.on_hit(key, &entry, options, now, || {
                         from_loader(Arc::clone(loader))
                     });
-                    out[i] = Some(Ok(slot.value().clone()));
+                    out[i] = Some(Ok(entry.value));
                 }
                 found => {
                     if self.tiers.l1.is_some() {
                         counters.bump_l1_misses();
                     }
                     if let Some(stale) = found {
-                        previous.insert(key.clone(), stale.entry().clone());
+                        previous.insert(key.clone(), stale);
                     }
                     missing.push(i);
                 }

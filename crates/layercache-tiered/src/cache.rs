@@ -151,17 +151,17 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         let runtime = &self.runtime;
         let counters = &runtime.tiers.counters;
         let now = runtime.now();
-        let previous = match runtime.tiers.l1_slot(key, now) {
-            Some(slot) if slot.entry().meta.is_fresh(now) => {
+        let previous = match runtime.tiers.l1_entry_at(key, now) {
+            Some(entry) if entry.meta.is_fresh(now) => {
                 counters.bump_l1_hits();
-                runtime.on_hit(key, slot.entry(), options, now, make_load);
-                return Ok(slot.value().clone());
+                runtime.on_hit(key, &entry, options, now, make_load);
+                return Ok(entry.value);
             }
             found => {
                 if runtime.tiers.l1.is_some() {
                     counters.bump_l1_misses();
                 }
-                found.map(|slot| slot.entry().clone())
+                found
             }
         };
         // Not boxed: an allocation per miss costs more than a larger future.

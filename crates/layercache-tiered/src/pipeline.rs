@@ -241,11 +241,11 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         // may still be on the way: look again before asking the source. L1 is read a second time
         // only before a load, never on the way to an L2 hit.
         let now = self.now();
-        if let Some(slot) = self.tiers.l1_slot(&key, now)
-            && slot.entry().meta.is_fresh(now)
-            && newer(slot.entry(), seen.as_ref())
+        if let Some(entry) = self.tiers.l1_entry_at(&key, now)
+            && entry.meta.is_fresh(now)
+            && newer(&entry, seen.as_ref())
         {
-            return Ok(Served::cached(slot.value().clone()));
+            return Ok(Served::cached(entry.value));
         }
         // Boxed: a load is rare next to an L2 hit, and the flight's future stays small enough
         // for the allocator's fast path.

@@ -16,7 +16,7 @@ use layercache_core::{
     Backend, Entry, Error, Key, Namespace, Result, SharedClock, Ticket, Timestamp, Versions,
     WriteTicket,
 };
-use layercache_moka::{MokaBackend, Slot};
+use layercache_moka::MokaBackend;
 use tokio::sync::oneshot;
 
 use crate::circuit::CircuitBreaker;
@@ -88,15 +88,14 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
         })
     }
 
-    /// The L1 slot of `key` live at `now`, without a future or a copy (the hit path).
-    pub(crate) fn l1_slot(&self, key: &Key, now: Timestamp) -> Option<Arc<Slot<Option<V>>>> {
+    /// The L1 entry of `key` live at `now`, without a future (the hit path).
+    pub(crate) fn l1_entry_at(&self, key: &Key, now: Timestamp) -> Option<Stored<V>> {
         self.l1.as_ref()?.lookup_at(key, now)
     }
 
-    /// A copy of the L1 entry of `key`, without a future.
+    /// The L1 entry of `key` live now, without a future.
     pub(crate) fn l1_entry(&self, key: &Key) -> Option<Stored<V>> {
-        let slot = self.l1_slot(key, self.clock.now())?;
-        Some(slot.entry().clone())
+        self.l1_entry_at(key, self.clock.now())
     }
 
     /// The L2 entry of `key`; L2 failures (and an open circuit) read as a miss, counted.

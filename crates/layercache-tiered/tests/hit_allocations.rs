@@ -1,5 +1,6 @@
-//! An L1 hit allocates nothing: a counting global allocator (its own test binary, so no other
-//! test's allocations are counted) watches 10,000 hits after warm-up.
+//! An L1 hit allocates nothing: a counting global allocator (its own test binary and its only
+//! test, so nothing else is counted, and no earlier test left moka garbage to collect) watches
+//! 10,000 hits after warm-up.
 //!
 //! The values sit behind an `Arc`, as the README recommends for values costly to clone: a hit
 //! hands out one reference count. The hit path itself (L1 lookup, clock, freshness, counters,
@@ -22,6 +23,7 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const KEYS: usize = 100;
+
 const HITS: usize = 10_000;
 
 async fn load(key: Key) -> Result<Option<Arc<String>>, std::convert::Infallible> {
@@ -94,7 +96,7 @@ fn an_l1_hit_allocates_nothing() {
             ours.allocations, ours.bytes_allocated, moka_own.allocations, moka_own.bytes_allocated
         );
         assert!(
-            ours.allocations <= moka_own.allocations,
+            ours.allocations == 0 || ours.allocations <= moka_own.allocations,
             "{HITS} L1 hits allocated {} times ({} bytes); moka alone allocates {} times for the \
              same reads: {ours:?}",
             ours.allocations,
