@@ -14,12 +14,15 @@
 //! use layercache_core::Key;
 //! use layercache_stampede::SingleFlight;
 //!
-//! // One thread, so both calls are made before the first flight's task can run and land.
+//! // One thread: the second call is made while the first call's work waits on its source.
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let flights = SingleFlight::<String>::new();
 //! let key = Key::new("k")?;
 //! let (a, b) = tokio::join!(
-//!     flights.run(&key, async { Ok("loaded once".to_owned()) }),
+//!     flights.run(&key, async {
+//!         tokio::task::yield_now().await; // the source takes a while
+//!         Ok("loaded once".to_owned())
+//!     }),
 //!     flights.run(&key, async { Ok("never runs".to_owned()) }),
 //! );
 //! assert_eq!(a?, b?);

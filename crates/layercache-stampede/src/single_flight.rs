@@ -6,13 +6,13 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use layercache_core::{Error, Key, Result};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// The default bound on how long a caller waits for a flight (10 s).
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
@@ -21,17 +21,44 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 /// a lock.
 const MAP_SHARDS: usize = 64;
 
-type Outcome<T> = Option<Result<T>>;
 type Hasher = foldhash::fast::RandomState;
 type Work<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
 
+/// The outcome of one flight, for the callers that joined it; made when the first one joins.
+struct Cell<T> {
+    outcome: OnceLock<Result<T>>,
+    landed: Notify,
+}
+
+impl<T> Cell<T> {
+    fn new() -> Arc<Self> {
+        Arc::new(Cell {
+            outcome: OnceLock::new(),
+            landed: Notify::new(),
+        })
+    }
+
+    fn land(&self, result: Result<T>) {
+        // Set once: a landing delivers exactly one outcome.
+        let _ = self.outcome.set(result);
+        self.landed.notify_waiters();
+    }
+}
+
 struct Flight<T> {
     id: u64,
-    outcome: watch::Receiver<Outcome<T>>,
+    /// `None` until a caller joins: a flight nobody joins allocates nothing for its outcome.
+    cell: Option<Arc<Cell<T>>>,
+}
+
+impl<T> Flight<T> {
+    fn join(&mut self) -> Arc<Cell<T>> {
+        Arc::clone(self.cell.get_or_insert_with(Cell::new))
+    }
 }
 
 /// A caller's place in a flight; see [`SingleFlight::join_or_lead`].
-pub struct Waiter<T>(watch::Receiver<Outcome<T>>);
+pub struct Waiter<T>(Arc<Cell<T>>);
 
 impl<T> fmt::Debug for Waiter<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -58,8 +85,48 @@ impl<T: Send + Sync + 'static> fmt::Debug for Joined<T> {
 
 type Flights<T> = HashMap<Key, Flight<T>, Hasher>;
 
+/// One shard of the flights: those in progress by key, and those a write detached (by id) that
+/// still have callers waiting.
+struct Shard<T> {
+    flights: Flights<T>,
+    detached: Vec<(u64, Arc<Cell<T>>)>,
+}
+
+impl<T> Default for Shard<T> {
+    fn default() -> Self {
+        Shard {
+            flights: HashMap::default(),
+            detached: Vec::new(),
+        }
+    }
+}
+
+impl<T> Shard<T> {
+    /// Detaches the flight of `key`, keeping its waiters' cell until it lands.
+    fn detach(&mut self, key: &Key) {
+        if let Some(flight) = self.flights.remove(key) {
+            self.keep_detached(flight);
+        }
+    }
+
+    fn keep_detached(&mut self, flight: Flight<T>) {
+        if let Some(cell) = flight.cell {
+            self.detached.push((flight.id, cell));
+        }
+    }
+
+    /// Forgets flight `id` of `key`, as it lands; the cell of its waiters, if any joined.
+    fn take_landed(&mut self, key: &Key, id: u64) -> Option<Arc<Cell<T>>> {
+        if self.flights.get(key).is_some_and(|f| f.id == id) {
+            return self.flights.remove(key).and_then(|f| f.cell);
+        }
+        let at = self.detached.iter().position(|(i, _)| *i == id)?;
+        Some(self.detached.swap_remove(at).1)
+    }
+}
+
 struct Shared<T> {
-    flights: Box<[CachePadded<Mutex<Flights<T>>>]>,
+    flights: Box<[CachePadded<Mutex<Shard<T>>>]>,
     next_id: AtomicU64,
     led: AtomicU64,
     coalesced: AtomicU64,
@@ -67,13 +134,16 @@ struct Shared<T> {
 
 impl<T> Shared<T> {
     /// The shard of the flights map that holds `key`.
-    fn flights(&self, key: &Key) -> MutexGuard<'_, Flights<T>> {
+    fn flights(&self, key: &Key) -> MutexGuard<'_, Shard<T>> {
         lock(&self.flights[(key.hash_value() as usize) & (MAP_SHARDS - 1)])
     }
 
-    /// How many flights are in progress.
+    /// How many flights are in progress (detached ones not counted).
     fn in_flight(&self) -> usize {
-        self.flights.iter().map(|shard| lock(shard).len()).sum()
+        self.flights
+            .iter()
+            .map(|shard| lock(shard).flights.len())
+            .sum()
     }
 }
 
@@ -168,7 +238,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         SingleFlight {
             shared: Arc::new(Shared {
                 flights: (0..MAP_SHARDS)
-                    .map(|_| CachePadded::new(Mutex::new(HashMap::default())))
+                    .map(|_| CachePadded::new(Mutex::new(Shard::default())))
                     .collect(),
                 next_id: AtomicU64::new(0),
                 led: AtomicU64::new(0),
@@ -196,7 +266,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
 
     /// Whether work for `key` is in progress.
     pub fn is_in_flight(&self, key: &Key) -> bool {
-        self.shared.flights(key).contains_key(key)
+        self.shared.flights(key).flights.contains_key(key)
     }
 
     /// Runs one batched `work` for the keys of `keys` that have no flight yet, and joins the flights
@@ -215,19 +285,22 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         let mut landings = Vec::new();
         {
             for key in keys {
-                let mut flights = self.shared.flights(key);
-                if let Some(flight) = flights.get(key) {
+                let mut shard = self.shared.flights(key);
+                if let Some(flight) = shard.flights.get_mut(key) {
                     if !led_set.contains(key) {
                         self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
                     }
-                    receivers.push(flight.outcome.clone());
+                    receivers.push(flight.join());
                     continue;
                 }
-                let (landing, outcome) = self.insert_flight(&mut flights, key);
+                let landing = self.insert_flight(&mut shard, key);
+                // The batch's caller waits for the keys it leads like any joined caller.
+                let cell = shard.flights.get_mut(key).map(Flight::join);
+                drop(shard);
                 landings.push(landing);
                 led.push(key.clone());
                 led_set.insert(key);
-                receivers.push(outcome);
+                receivers.push(cell.unwrap_or_else(Cell::new));
             }
         }
         if !led.is_empty() {
@@ -261,13 +334,22 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     /// Detaches the flight of `key`, if any: it runs on and its callers get its outcome, but new
     /// callers start a new flight. Used when a write makes the running flight's value outdated.
     pub fn forget(&self, key: &Key) {
-        self.shared.flights(key).remove(key);
+        self.shared.flights(key).detach(key);
     }
 
     /// [`forget`](Self::forget) every flight whose key matches `matches` (a namespace clear).
     pub fn forget_where(&self, matches: impl Fn(&Key) -> bool) {
         for shard in &self.shared.flights {
-            lock(shard).retain(|key, _| !matches(key));
+            let mut shard = lock(shard);
+            let detached: Vec<Key> = shard
+                .flights
+                .keys()
+                .filter(|key| matches(key))
+                .cloned()
+                .collect();
+            for key in &detached {
+                shard.detach(key);
+            }
         }
     }
 
@@ -306,13 +388,13 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         M: FnOnce() -> F,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let mut flights = self.shared.flights(key);
-        if let Some(flight) = flights.get(key) {
+        let mut shard = self.shared.flights(key);
+        if let Some(flight) = shard.flights.get_mut(key) {
             self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
-            return Joined::Joined(Waiter(flight.outcome.clone()));
+            return Joined::Joined(Waiter(flight.join()));
         }
         let work: Work<T> = Box::pin(make_work());
-        let (landing, _outcome) = self.insert_flight(&mut flights, key);
+        let landing = self.insert_flight(&mut shard, key);
         Joined::Led(Leading {
             work: Some(work),
             landing: Some(landing),
@@ -326,77 +408,61 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         M: FnOnce() -> F,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let flights = self.shared.flights(key);
-        if flights.contains_key(key) {
+        let shard = self.shared.flights(key);
+        if shard.flights.contains_key(key) {
             return false;
         }
         let work = make_work();
-        self.start(flights, key, work);
+        self.start(shard, key, work);
         true
     }
 
     /// Registers a flight of `key` and starts `work` for it, releasing `flights` before the
     /// spawn: a runtime that is shutting down drops the task inside `spawn`, and the landing's
     /// `Drop` then takes the map's lock to deliver the error.
-    fn start<F>(
-        &self,
-        mut flights: MutexGuard<'_, Flights<T>>,
-        key: &Key,
-        work: F,
-    ) -> watch::Receiver<Outcome<T>>
+    fn start<F>(&self, mut shard: MutexGuard<'_, Shard<T>>, key: &Key, work: F)
     where
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let (landing, outcome) = self.insert_flight(&mut flights, key);
-        drop(flights);
+        let landing = self.insert_flight(&mut shard, key);
+        drop(shard);
         tokio::spawn(async move {
             let mut landing = landing;
             let result = work.await;
             landing.land(result);
         });
-        outcome
     }
 
-    /// Registers a new flight of `key`: the landing that will deliver its outcome, and a receiver.
-    fn insert_flight(
-        &self,
-        flights: &mut Flights<T>,
-        key: &Key,
-    ) -> (Landing<T>, watch::Receiver<Outcome<T>>) {
+    /// Registers a new flight of `key`: the landing that will deliver its outcome.
+    fn insert_flight(&self, shard: &mut Shard<T>, key: &Key) -> Landing<T> {
         self.shared.led.fetch_add(1, Ordering::Relaxed);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, outcome) = watch::channel(None);
-        flights.insert(
-            key.clone(),
-            Flight {
-                id,
-                outcome: outcome.clone(),
-            },
-        );
-        let landing = Landing {
+        shard.flights.insert(key.clone(), Flight { id, cell: None });
+        Landing {
             shared: Arc::clone(&self.shared),
             key: key.clone(),
             id,
-            sender: Some(sender),
-        };
-        (landing, outcome)
+            landed: false,
+        }
     }
 
     /// Waits for the outcome of a flight joined or started with
     /// [`join_or_lead`](Self::join_or_lead), at most the group's `max_wait`.
     pub async fn wait(&self, key: &Key, waiter: Waiter<T>) -> Result<T> {
-        let mut outcome = waiter.0;
-        let landing = outcome.wait_for(Option::is_some);
-        match self.within_max_wait(key, landing).await {
-            Ok(Ok(landed)) => match &*landed {
-                Some(result) => result.clone(),
-                None => Err(Error::loader("single-flight outcome missing")),
-            },
-            Ok(Err(_closed)) => Err(Error::loader(format!(
-                "the flight for {key} ended without an outcome"
-            ))),
-            Err(timeout) => Err(timeout),
-        }
+        let cell = waiter.0;
+        let landed = async {
+            loop {
+                let notified = cell.landed.notified();
+                let mut notified = std::pin::pin!(notified);
+                // Registered before the outcome is checked: a landing in between still wakes us.
+                notified.as_mut().enable();
+                if let Some(result) = cell.outcome.get() {
+                    return result.clone();
+                }
+                notified.await;
+            }
+        };
+        self.within_max_wait(key, landed).await?
     }
 
     /// Runs `future` for at most the group's `max_wait`; a `Timeout` error after that.
@@ -423,54 +489,47 @@ struct Landing<T: Send + Sync + 'static> {
     shared: Arc<Shared<T>>,
     key: Key,
     id: u64,
-    sender: Option<watch::Sender<Outcome<T>>>,
+    landed: bool,
 }
 
 impl<T: Send + Sync + 'static> Landing<T> {
-    /// Lands `result` for the followers, cloning it only if one waits; hands it back.
+    /// Lands `result` for the followers, cloning it only if one joined; hands it back.
     fn land_shared(&mut self, result: Result<T>) -> Result<T>
     where
         T: Clone,
     {
-        let Some(sender) = self.sender.take() else {
+        if self.landed {
             return result;
-        };
-        let flights = self.forget_landed();
-        if sender.receiver_count() > 0 {
-            let _ = sender.send(Some(result.clone()));
         }
-        drop(flights);
+        self.landed = true;
+        let mut shard = self.shared.flights(&self.key);
+        if let Some(cell) = shard.take_landed(&self.key, self.id) {
+            // Under the shard's lock, so no caller joins this flight after its outcome was set.
+            cell.land(result.clone());
+        }
+        drop(shard);
         result
     }
 
-    /// Forgets the flight; returns the map's lock, under which the outcome is sent (so no caller
-    /// joins the flight after it).
-    fn forget_landed(&self) -> MutexGuard<'_, Flights<T>> {
-        let mut flights = self.shared.flights(&self.key);
-        if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
-            flights.remove(&self.key);
-        }
-        flights
-    }
-
     fn land(&mut self, result: Result<T>) {
-        let Some(sender) = self.sender.take() else {
+        if self.landed {
             return;
-        };
+        }
+        self.landed = true;
         // The flight is forgotten as it lands: the map holds only flights in progress, so a
-        // landed value is never kept alive here. A caller that missed the cache just before the
-        // value was stored starts a new flight, whose work reads the cache first.
-        let flights = self.forget_landed();
-        // Sent under the map's lock, so no caller joins this flight after its outcome was sent.
-        // Nobody waiting is fine: the work's side effects (filling the cache) are what matter.
-        let _ = sender.send(Some(result));
-        drop(flights);
+        // landed value is never kept alive here. Nobody waiting is fine: the work's side effects
+        // (filling the cache) are what matter.
+        let mut shard = self.shared.flights(&self.key);
+        if let Some(cell) = shard.take_landed(&self.key, self.id) {
+            cell.land(result);
+        }
+        drop(shard);
     }
 }
 
 impl<T: Send + Sync + 'static> Drop for Landing<T> {
     fn drop(&mut self) {
-        if self.sender.is_some() {
+        if !self.landed {
             self.land(Err(Error::loader(format!(
                 "the load of {} panicked or was cancelled",
                 self.key
