@@ -334,7 +334,12 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
     /// Stores `entry` under `key` without a future; see [`Backend::set`]. An entry already past
     /// its `stale_until` removes the key instead.
     pub fn set_entry(&self, key: &Key, entry: Entry<V>) {
-        let now = self.clock.now();
+        self.set_entry_at(key, entry, self.clock.now());
+    }
+
+    /// [`set_entry`](Self::set_entry) at `now`, read from the caller's clock (a caller that has
+    /// just read it saves a second read).
+    pub fn set_entry_at(&self, key: &Key, entry: Entry<V>, now: Timestamp) {
         if entry.meta.is_expired(now) {
             self.cache.invalidate(key);
             return;

@@ -142,7 +142,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                         && seen_created.is_none_or(|seen| entry.meta.created_at > seen) =>
                 {
                     if let Some(ticket) = tickets.get(key) {
-                        self.tiers.refill(ticket, &entry);
+                        self.tiers.refill(ticket, &entry, now);
                     }
                     counters.bump_hits();
                     out[i] = Some(Ok(entry.value));

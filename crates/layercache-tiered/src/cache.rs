@@ -165,7 +165,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
             }
         };
         // Not boxed: an allocation per miss costs more than a larger future.
-        runtime.miss(key, options, previous, make_load).await
+        runtime.miss(key, options, previous, now, make_load).await
     }
 
     /// The values of `keys`, in order: L1, then one L2 MGET for the L1 misses, then one
@@ -251,7 +251,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         let ticket = tiers.versions.begin(key);
         match tiers.l2_entry(key).await {
             Some(entry) if entry.meta.is_fresh(self.runtime.now()) => {
-                tiers.refill(&ticket, &entry);
+                tiers.refill(&ticket, &entry, self.runtime.now());
                 Ok(entry.value)
             }
             _ => Ok(None),
@@ -384,7 +384,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         }
         let ticket = tiers.versions.begin(key);
         let entry = tiers.l2_entry(key).await?;
-        tiers.refill(&ticket, &entry);
+        tiers.refill(&ticket, &entry, self.runtime.now());
         Some(entry)
     }
 

@@ -171,16 +171,17 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         }
     }
 
-    /// Layers 2 and 3: a read that found no fresh value in L1 (`previous` is what it found).
+    /// Layers 2 and 3: a read that found no fresh value in L1 at `now` (`previous` is what it
+    /// found).
     pub(crate) async fn miss(
         self: &Arc<Self>,
         key: &Key,
         options: &EntryOptions,
         previous: Option<Stored<V>>,
+        now: Timestamp,
         make_load: impl FnOnce() -> LoadFn<V>,
     ) -> Result<Option<V>> {
         let counters = &self.tiers.counters;
-        let now = self.now();
         let stale = previous.filter(|p| !p.meta.is_expired(now));
         if let Some(stale) = &stale
             && options.stale_while_revalidate()
@@ -230,7 +231,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         if let Some(entry) = self.tiers.l2_entry(&key).await {
             let now = self.now();
             if entry.meta.is_fresh(now) && newer(&entry, seen.as_ref()) {
-                self.tiers.refill(&ticket, &entry);
+                self.tiers.refill(&ticket, &entry, now);
                 return Ok(Served::cached(entry.value));
             }
             if !entry.meta.is_expired(now) && newer(&entry, previous.as_ref().map(|p| &p.meta)) {
@@ -280,7 +281,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                     // The previous holder may have stored its value just before we took the lock.
                     let served = match fresh_in_l2().await {
                         Some(entry) => {
-                            self.tiers.refill(ticket, &entry);
+                            self.tiers.refill(ticket, &entry, self.now());
                             Ok(Served::cached(entry.value))
                         }
                         None => self.load(ticket, options, previous, load).await,
@@ -316,7 +317,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
             tokio::time::sleep(pause).await;
             if let Some(entry) = fresh_in_l2().await {
                 counters.bump_lock_waits_served();
-                self.tiers.refill(ticket, &entry);
+                self.tiers.refill(ticket, &entry, self.now());
                 return Ok(Served::cached(entry.value));
             }
         }

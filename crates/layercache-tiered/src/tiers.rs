@@ -154,11 +154,12 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
         }
     }
 
-    /// Copies an L2 hit into L1, unless a write of the key began since `ticket` was taken.
-    pub(crate) fn refill(&self, ticket: &Ticket, entry: &Stored<V>) {
+    /// Copies an L2 hit into L1, unless a write of the key began since `ticket` was taken. `now`:
+    /// when the caller last read the clock.
+    pub(crate) fn refill(&self, ticket: &Ticket, entry: &Stored<V>, now: Timestamp) {
         let Some(l1) = &self.l1 else { return };
         if ticket
-            .commit(|| l1.set_entry(ticket.key(), entry.clone()))
+            .commit(|| l1.set_entry_at(ticket.key(), entry.clone(), now))
             .is_none()
         {
             self.counters.bump_stores_skipped();
