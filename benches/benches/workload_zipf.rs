@@ -29,7 +29,9 @@
 //! (asserted at the end). After the group, each id that ran prints its ops/s (requests / total
 //! timed time, warm-up included), its L1 hit ratio and its CPU time per request (the process's
 //! CPU time over the timed chunks, all threads; Redis runs in its own process and is not counted)
-//! to stderr. Ids can be run alone (`cargo bench -p benches --bench workload_zipf -- tiered`), e.g.
+//! to stderr; then, when all three ran, the ids are measured again interleaved (rounds that
+//! alternate them, so that the machine's drift hits all alike) and the medians of the per-round
+//! ratios are printed. Ids can be run alone (`cargo bench -p benches --bench workload_zipf -- tiered`), e.g.
 //! under `perf record`. See `docs/benchmarks.md`.
 
 #![allow(
@@ -543,7 +545,82 @@ fn workload_zipf(c: &mut Criterion) {
             tiered_tally.ops_per_sec() / l2_only_tally.ops_per_sec()
         );
     }
+    if raw_tally.ran() && tiered_tally.ran() && l2_only_tally.ran() {
+        interleaved(&rt, &raw, &tiered, &l2_only, &fx);
+    }
     drop(server);
+}
+
+/// Rounds of the interleaved measurement.
+const ROUNDS: usize = 9;
+/// Chunks per id per round.
+const ROUND_CHUNKS: usize = 10;
+
+/// The three ids again, interleaved: [`ROUNDS`] rounds, each serving [`ROUND_CHUNKS`] chunks per
+/// id (the order rotating from round to round), so that the machine's drift hits every id alike.
+/// Prints the median ops/s and CPU per request of each id and the median of the per-round ratios.
+fn interleaved(
+    rt: &tokio::runtime::Runtime,
+    raw: &RawPrototype,
+    tiered: &Arc<TieredCache<Arc<Payload>>>,
+    l2_only: &Arc<TieredCache<Arc<Payload>>>,
+    fx: &Fixture,
+) {
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    // Per id: (ops/s, CPU µs per request) of each round.
+    let mut rounds: [Vec<(f64, f64)>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut cursors = [0_usize; 3];
+    for round in 0..ROUNDS {
+        for turn in 0..3 {
+            let id = (round + turn) % 3;
+            let tally = Arc::new(Tally::default());
+            rt.block_on(async {
+                for _ in 0..ROUND_CHUNKS {
+                    let start = cursors[id];
+                    cursors[id] = (start + CHUNK) % TRACE_LEN;
+                    let cpu = ProcessTime::now();
+                    let took = match id {
+                        0 => run_raw_chunk(raw, &fx.trace, start, &tally).await,
+                        1 => run_tiered_chunk(tiered, fx, start, &tally).await,
+                        _ => run_tiered_chunk(l2_only, fx, start, &tally).await,
+                    };
+                    tally.record(CHUNK, took, cpu.elapsed());
+                }
+            });
+            rounds[id].push((tally.ops_per_sec(), tally.cpu_per_request()));
+        }
+    }
+    let ops = |id: usize| median(rounds[id].iter().map(|r| r.0).collect());
+    let cpu = |id: usize| median(rounds[id].iter().map(|r| r.1).collect());
+    let ratio = |a: usize, b: usize| {
+        median(
+            rounds[a]
+                .iter()
+                .zip(&rounds[b])
+                .map(|(x, y)| x.0 / y.0)
+                .collect(),
+        )
+    };
+    eprintln!(
+        "workload_zipf interleaved ({ROUNDS} rounds of {} requests per id, medians):",
+        ROUND_CHUNKS * CHUNK
+    );
+    for (id, name) in ["raw_prototype", "tiered", "l2_only"].iter().enumerate() {
+        eprintln!(
+            "  {name:<14} {:.0} ops/s, {:.2} µs CPU/request",
+            ops(id),
+            cpu(id)
+        );
+    }
+    eprintln!(
+        "  ops/s ratio tiered/raw_prototype {:.3}, tiered/l2_only {:.3}, l2_only/raw_prototype {:.3}",
+        ratio(1, 0),
+        ratio(1, 2),
+        ratio(2, 0)
+    );
 }
 
 criterion_group!(benches, workload_zipf);
