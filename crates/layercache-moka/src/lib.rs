@@ -3,7 +3,7 @@
 //! Values are stored as they are — no encoding, no copy beyond the `Clone` a hit returns — so an
 //! L1 hit costs what a raw moka `get` costs (docs/adr/0011-lean-request-path.md):
 //!
-//! - the synchronous moka cache, because a hit never waits: [`MokaBackend::lookup`] answers
+//! - the synchronous moka cache, because a hit never waits: [`MokaBackend::lookup_at`] answers
 //!   without a future (docs/adr/0009-moka-sync-cache.md);
 //! - keys hashed with [foldhash](https://docs.rs/foldhash) (seeded per process), not SipHash;
 //! - **no per-entry timers in moka**: an entry carries its own deadline (its
