@@ -109,6 +109,7 @@ impl Versions {
             versions: Arc::clone(self),
             key: key.clone(),
             version: slot.version,
+            released: false,
         }
     }
 
@@ -236,6 +237,8 @@ pub struct Ticket {
     versions: Arc<Versions>,
     key: Key,
     version: u64,
+    /// Set by [`Ticket::commit_last`], which releases the slot itself.
+    released: bool,
 }
 
 impl fmt::Debug for Ticket {
@@ -268,6 +271,26 @@ impl Ticket {
         Some(out)
     }
 
+    /// [`commit`](Self::commit) and release the ticket under the same lock: for the last store a
+    /// load makes (one lock instead of two).
+    pub fn commit_last<R>(mut self, store: impl FnOnce() -> R) -> Option<R> {
+        self.released = true;
+        let mut shard = locked(self.versions.shard(&self.key));
+        let (current, remove) = match shard.get_mut(&self.key) {
+            Some(slot) => {
+                let current = slot.version == self.version && slot.writing == 0;
+                slot.holders = slot.holders.saturating_sub(1);
+                (current, slot.holders == 0)
+            }
+            None => (false, false),
+        };
+        let out = (current && !self.versions.clearing(&self.key)).then(store);
+        if remove {
+            shard.remove(&self.key);
+        }
+        out
+    }
+
     /// Whether a [`commit`](Self::commit) would store now.
     pub fn is_current(&self) -> bool {
         self.commit(|| ()).is_some()
@@ -276,7 +299,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.versions.release(&self.key, false, || ());
+        if !self.released {
+            self.versions.release(&self.key, false, || ());
+        }
     }
 }
 
@@ -371,6 +396,26 @@ mod tests {
 
     fn key(id: &str) -> Key {
         Key::new(id).unwrap()
+    }
+
+    #[test]
+    fn commit_last_stores_once_and_releases_the_slot() {
+        let v = Arc::new(Versions::new());
+        let (a, b) = (key("a"), key("b"));
+        // Alone: it stores, and the table is empty afterwards.
+        assert_eq!(v.begin(&a).commit_last(|| 1), Some(1));
+        assert_eq!(v.tracked(), 0);
+        // Beside another load of the key: it stores, the other's slot stays.
+        let other = v.begin(&b);
+        assert_eq!(v.begin(&b).commit_last(|| 2), Some(2));
+        assert_eq!(v.tracked(), 1);
+        drop(other);
+        assert_eq!(v.tracked(), 0);
+        // After a write began: no store, and still released.
+        let load = v.begin(&a);
+        v.begin_write(&a).finish(|| ());
+        assert_eq!(load.commit_last(|| 3), None);
+        assert_eq!(v.tracked(), 0);
     }
 
     #[test]

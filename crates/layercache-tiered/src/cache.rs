@@ -142,11 +142,11 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         .await
     }
 
-    async fn read(
+    async fn read<L: crate::loaded::LoadFn<V>>(
         &self,
         key: &Key,
         options: &EntryOptions,
-        make_load: impl FnOnce() -> crate::loaded::LoadFn<V>,
+        make_load: impl FnOnce() -> L,
     ) -> Result<Option<V>> {
         let runtime = &self.runtime;
         let counters = &runtime.tiers.counters;

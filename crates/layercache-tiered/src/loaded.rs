@@ -1,7 +1,6 @@
 //! What a loader returns, and the one shape every loader takes inside the pipeline.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use layercache_core::{EntryOptions, Error, Key, Loader, Result};
@@ -59,13 +58,18 @@ impl<V> From<Option<V>> for Loaded<V> {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A loader of one key as the pipeline runs it, made only on a miss or a refresh: a caller's
+/// closure ([`from_closure`]) or a reusable [`Loader`] ([`from_loader`]). Generic, not boxed: the
+/// flight that runs it is boxed once, with the loader inside.
+pub(crate) trait LoadFn<V>: Send + 'static {
+    /// Loads `key`.
+    fn load(self, key: Key) -> impl Future<Output = Result<Loaded<V>>> + Send;
+}
 
-/// A loader of one key as the pipeline runs it: made only on a miss or a refresh.
-pub(crate) type LoadFn<V> = Box<dyn FnOnce(Key) -> BoxFuture<Result<Loaded<V>>> + Send>;
+/// A caller's closure as a [`LoadFn`].
+pub(crate) struct FromClosure<F>(F);
 
-/// A [`LoadFn`] from a caller's closure.
-pub(crate) fn from_closure<V, F, Fut, T, E>(load: F) -> LoadFn<V>
+impl<V, F, Fut, T, E> LoadFn<V> for FromClosure<F>
 where
     V: Send + 'static,
     F: FnOnce(Key) -> Fut + Send + 'static,
@@ -73,21 +77,33 @@ where
     T: Into<Loaded<V>>,
     E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
 {
-    Box::new(move |key| {
-        Box::pin(async move {
-            match load(key).await {
-                Ok(loaded) => Ok(loaded.into()),
-                Err(error) => Err(Error::from_loader(error)),
-            }
-        })
-    })
+    async fn load(self, key: Key) -> Result<Loaded<V>> {
+        match (self.0)(key).await {
+            Ok(loaded) => Ok(loaded.into()),
+            Err(error) => Err(Error::from_loader(error)),
+        }
+    }
 }
 
-/// A [`LoadFn`] from a reusable [`Loader`].
-pub(crate) fn from_loader<V, L>(loader: Arc<L>) -> LoadFn<V>
+/// A reusable [`Loader`] as a [`LoadFn`].
+pub(crate) struct FromLoader<L: ?Sized>(Arc<L>);
+
+impl<V, L> LoadFn<V> for FromLoader<L>
 where
     V: Send + 'static,
     L: Loader<V> + ?Sized + 'static,
 {
-    Box::new(move |key| Box::pin(async move { loader.load(&key).await.map(Loaded::new) }))
+    async fn load(self, key: Key) -> Result<Loaded<V>> {
+        self.0.load(&key).await.map(Loaded::new)
+    }
+}
+
+/// A [`LoadFn`] from a caller's closure.
+pub(crate) fn from_closure<F>(load: F) -> FromClosure<F> {
+    FromClosure(load)
+}
+
+/// A [`LoadFn`] from a reusable [`Loader`].
+pub(crate) fn from_loader<L: ?Sized>(loader: Arc<L>) -> FromLoader<L> {
+    FromLoader(loader)
 }

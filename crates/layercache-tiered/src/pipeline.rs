@@ -136,13 +136,13 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
 
     /// The hit layer, for a fresh `entry` about to be served: starts a background refresh when one
     /// is due. `make_load` runs only when a refresh starts.
-    pub(crate) fn on_hit(
+    pub(crate) fn on_hit<L: LoadFn<V>>(
         self: &Arc<Self>,
         key: &Key,
         entry: &Stored<V>,
         options: &EntryOptions,
         now: Timestamp,
-        make_load: impl FnOnce() -> LoadFn<V>,
+        make_load: impl FnOnce() -> L,
     ) {
         if self.refresh_due(options, &entry.meta, now) && !self.flights.is_in_flight(key) {
             self.spawn_refresh(key, entry, options, make_load);
@@ -151,12 +151,12 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
 
     /// Starts one background refresh of `key` unless a flight of it runs; the refresh wants a
     /// value newer than `seen` and serves nothing older.
-    fn spawn_refresh(
+    fn spawn_refresh<L: LoadFn<V>>(
         self: &Arc<Self>,
         key: &Key,
         seen: &Stored<V>,
         options: &EntryOptions,
-        make_load: impl FnOnce() -> LoadFn<V>,
+        make_load: impl FnOnce() -> L,
     ) {
         let started = self.flights.spawn_if_idle(key, || {
             Arc::clone(self).lead(
@@ -173,13 +173,13 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
 
     /// Layers 2 and 3: a read that found no fresh value in L1 at `now` (`previous` is what it
     /// found).
-    pub(crate) async fn miss(
+    pub(crate) async fn miss<L: LoadFn<V>>(
         self: &Arc<Self>,
         key: &Key,
         options: &EntryOptions,
         previous: Option<Stored<V>>,
         now: Timestamp,
-        make_load: impl FnOnce() -> LoadFn<V>,
+        make_load: impl FnOnce() -> L,
     ) -> Result<Option<V>> {
         let counters = &self.tiers.counters;
         let stale = previous.filter(|p| !p.meta.is_expired(now));
@@ -223,7 +223,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         key: Key,
         options: EntryOptions,
         previous: Option<Stored<V>>,
-        load: LoadFn<V>,
+        load: impl LoadFn<V>,
     ) -> Result<Served<V>> {
         let ticket = self.tiers.versions.begin(&key);
         let seen = previous.as_ref().map(|p| p.meta.clone());
@@ -231,7 +231,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         if let Some(entry) = self.tiers.l2_entry(&key).await {
             let now = self.now();
             if entry.meta.is_fresh(now) && newer(&entry, seen.as_ref()) {
-                self.tiers.refill(&ticket, &entry, now);
+                self.tiers.refill_last(ticket, &entry, now);
                 return Ok(Served::cached(entry.value));
             }
             if !entry.meta.is_expired(now) && newer(&entry, previous.as_ref().map(|p| &p.meta)) {
@@ -263,7 +263,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         ticket: &Ticket,
         options: &EntryOptions,
         previous: Option<Stored<V>>,
-        load: LoadFn<V>,
+        load: impl LoadFn<V>,
     ) -> Result<Served<V>> {
         let key = ticket.key();
         let counters = &self.tiers.counters;
@@ -329,13 +329,13 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         ticket: &Ticket,
         options: &EntryOptions,
         previous: Option<Stored<V>>,
-        load: LoadFn<V>,
+        load: impl LoadFn<V>,
     ) -> Result<Served<V>> {
         let key = ticket.key();
         let counters = &self.tiers.counters;
         counters.bump_loads();
         let started = Instant::now();
-        let loaded = bounded(options.hard_timeout(), load(key.clone()), || {
+        let loaded = bounded(options.hard_timeout(), load.load(key.clone()), || {
             format!("loading {key}")
         })
         .await;

@@ -166,6 +166,18 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
         }
     }
 
+    /// [`refill`](Self::refill) as the load's last use of `ticket` (one lock instead of two).
+    pub(crate) fn refill_last(&self, ticket: Ticket, entry: &Stored<V>, now: Timestamp) {
+        let Some(l1) = &self.l1 else { return };
+        let key = ticket.key().clone();
+        if ticket
+            .commit_last(|| l1.set_entry_at(&key, entry.clone(), now))
+            .is_none()
+        {
+            self.counters.bump_stores_skipped();
+        }
+    }
+
     /// Stores a loaded entry: L1 at once, L2 through the key's lane, unless a write of the key
     /// began since `ticket` was taken. With no L1, waits until L2 has it (L2 is the only copy).
     pub(crate) async fn store(&self, ticket: &Ticket, entry: Stored<V>) {
