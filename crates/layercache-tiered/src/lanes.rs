@@ -89,6 +89,14 @@ impl<V> Queued<V> {
     }
 }
 
+/// A sent write, completed.
+enum Completed<V> {
+    /// It landed: answer its callers once the lane is done with it.
+    Landed(Queued<V>, bool),
+    /// It failed (its callers are answered): the delete to retry, if any.
+    Retry(Option<Queued<V>>),
+}
+
 /// What [`Lanes::enqueue`] leaves for its caller to complete once it holds no lock.
 #[must_use = "complete it outside the version table's lock"]
 pub(crate) struct Leftover<V>(Option<(Queued<V>, Option<Error>)>);
@@ -309,8 +317,15 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
             .chain(deletes)
             .zip(set_results.into_iter().chain(delete_results))
         {
-            let retry = self.complete(&key, write, result);
-            self.lane_done(&key, retry);
+            match self.complete(&key, write, result) {
+                Completed::Landed(write, present) => {
+                    // The lane's bookkeeping first: once a caller is answered, its write is no
+                    // longer counted as pending.
+                    self.lane_done(&key, None);
+                    write.complete(Ok(present));
+                }
+                Completed::Retry(retry) => self.lane_done(&key, retry),
+            }
         }
     }
 
@@ -362,16 +377,20 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
         self.breaker.call(&self.counters, self.l2.delete(key)).await
     }
 
-    /// Completes one sent write; returns the delete to retry when it failed.
-    fn complete(&self, key: &Key, write: Queued<V>, result: Result<bool>) -> Option<Queued<V>> {
-        let error = match result {
+    /// Completes one sent write: a landed write to answer (once the lane is done with it), or a
+    /// failed one answered now, with the delete to retry, if any.
+    fn complete(&self, key: &Key, write: Queued<V>, result: Result<bool>) -> Completed<V> {
+        match result {
             Ok(present) => {
                 self.counters.bump_l2_writes();
-                write.complete(Ok(present));
-                return None;
+                Completed::Landed(write, present)
             }
-            Err(error) => error,
-        };
+            Err(error) => Completed::Retry(self.failed(key, write, error)),
+        }
+    }
+
+    /// Answers the callers of a failed write; returns the delete to retry, if any.
+    fn failed(&self, key: &Key, write: Queued<V>, error: Error) -> Option<Queued<V>> {
         self.counters.bump_l2_write_failures();
         tracing::debug!(%key, %error, "L2 write failed");
         let Queued {
