@@ -74,17 +74,31 @@ impl<V> Queued<V> {
         self.replaced.push(older);
     }
 
-    /// Answers the write's caller (and those of the writes it replaced) and finishes the tickets.
-    /// Call it with no lock held (finishing a ticket takes the key's lock in the version table).
-    fn complete(self, result: Result<bool>) {
+    /// Finishes the tickets, then answers the write's caller (and those of the writes it
+    /// replaced): a caller whose write returned finds its key free in the version table. Call it
+    /// with no lock held (finishing a ticket takes the key's lock in the version table).
+    fn complete(mut self, result: Result<bool>) {
+        self.finish();
+        self.answer(result);
+    }
+
+    /// Finishes the write's ticket and those of the writes it replaced.
+    fn finish(&mut self) {
+        for older in &mut self.replaced {
+            older.finish();
+        }
+        if let Some(ticket) = self.ticket.take() {
+            ticket.finish(|| ());
+        }
+    }
+
+    /// Answers the write's caller and those of the writes it replaced.
+    fn answer(self, result: Result<bool>) {
         for older in self.replaced {
-            older.complete(result.clone().map(|_| false));
+            older.answer(result.clone().map(|_| false));
         }
         if let Some(done) = self.done {
             let _ = done.send(result);
-        }
-        if let Some(ticket) = self.ticket {
-            ticket.finish(|| ());
         }
     }
 }
@@ -318,11 +332,13 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
             .zip(set_results.into_iter().chain(delete_results))
         {
             match self.complete(&key, write, result) {
-                Completed::Landed(write, present) => {
-                    // The lane's bookkeeping first: once a caller is answered, its write is no
-                    // longer counted as pending.
+                Completed::Landed(mut write, present) => {
+                    // In this order: the version table, the lane, the caller. Once the lanes are
+                    // drained every ticket is finished; once a caller is answered its write is
+                    // neither pending nor holding its key.
+                    write.finish();
                     self.lane_done(&key, None);
-                    write.complete(Ok(present));
+                    write.answer(Ok(present));
                 }
                 Completed::Retry(retry) => self.lane_done(&key, retry),
             }
