@@ -204,22 +204,26 @@ impl Versions {
     }
 
     fn release(&self, key: &Key, finish_write: bool, apply: impl FnOnce()) {
-        let mut shard = locked(self.shard(key));
-        let remove = match shard.get_mut(key) {
-            Some(slot) => {
-                if finish_write {
-                    slot.writing = slot.writing.saturating_sub(1);
-                    slot.version += 1;
-                    apply();
-                }
-                slot.holders = slot.holders.saturating_sub(1);
-                slot.holders == 0
+        release_in(&mut locked(self.shard(key)), key, finish_write, apply);
+    }
+}
+
+/// [`Versions::release`] under the shard's lock, held by the caller.
+fn release_in(shard: &mut Shard, key: &Key, finish_write: bool, apply: impl FnOnce()) {
+    let remove = match shard.get_mut(key) {
+        Some(slot) => {
+            if finish_write {
+                slot.writing = slot.writing.saturating_sub(1);
+                slot.version += 1;
+                apply();
             }
-            None => false,
-        };
-        if remove {
-            shard.remove(key);
+            slot.holders = slot.holders.saturating_sub(1);
+            slot.holders == 0
         }
+        None => false,
+    };
+    if remove {
+        shard.remove(key);
     }
 }
 
@@ -260,15 +264,9 @@ impl Ticket {
     /// ticket was taken (and none is landing); `None` when one did (the value must not be stored).
     pub fn commit<R>(&self, store: impl FnOnce() -> R) -> Option<R> {
         let shard = locked(self.versions.shard(&self.key));
-        let current = shard
-            .get(&self.key)
-            .is_some_and(|slot| slot.version == self.version && slot.writing == 0);
-        if !current || self.versions.clearing(&self.key) {
-            return None;
-        }
-        let out = store();
+        let out = self.is_current_in(&shard).then(store);
         drop(shard);
-        Some(out)
+        out
     }
 
     /// [`commit`](Self::commit) and release the ticket under the same lock: for the last store a
@@ -276,19 +274,17 @@ impl Ticket {
     pub fn commit_last<R>(mut self, store: impl FnOnce() -> R) -> Option<R> {
         self.released = true;
         let mut shard = locked(self.versions.shard(&self.key));
-        let (current, remove) = match shard.get_mut(&self.key) {
-            Some(slot) => {
-                let current = slot.version == self.version && slot.writing == 0;
-                slot.holders = slot.holders.saturating_sub(1);
-                (current, slot.holders == 0)
-            }
-            None => (false, false),
-        };
-        let out = (current && !self.versions.clearing(&self.key)).then(store);
-        if remove {
-            shard.remove(&self.key);
-        }
+        let out = self.is_current_in(&shard).then(store);
+        release_in(&mut shard, &self.key, false, || ());
         out
+    }
+
+    /// Whether a store may happen now, under the shard's lock held by the caller.
+    fn is_current_in(&self, shard: &Shard) -> bool {
+        shard
+            .get(&self.key)
+            .is_some_and(|slot| slot.version == self.version && slot.writing == 0)
+            && !self.versions.clearing(&self.key)
     }
 
     /// Whether a [`commit`](Self::commit) would store now.

@@ -104,14 +104,12 @@ impl<T> Default for Shard<T> {
 impl<T> Shard<T> {
     /// Detaches the flight of `key`, keeping its waiters' cell until it lands.
     fn detach(&mut self, key: &Key) {
-        if let Some(flight) = self.flights.remove(key) {
-            self.keep_detached(flight);
-        }
-    }
-
-    fn keep_detached(&mut self, flight: Flight<T>) {
-        if let Some(cell) = flight.cell {
-            self.detached.push((flight.id, cell));
+        if let Some(Flight {
+            id,
+            cell: Some(cell),
+        }) = self.flights.remove(key)
+        {
+            self.detached.push((id, cell));
         }
     }
 
@@ -293,14 +291,14 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
                     receivers.push(flight.join());
                     continue;
                 }
-                let landing = self.insert_flight(&mut shard, key);
                 // The batch's caller waits for the keys it leads like any joined caller.
-                let cell = shard.flights.get_mut(key).map(Flight::join);
+                let cell = Cell::new();
+                let landing = self.insert_flight(&mut shard, key, Some(Arc::clone(&cell)));
                 drop(shard);
                 landings.push(landing);
                 led.push(key.clone());
                 led_set.insert(key);
-                receivers.push(cell.unwrap_or_else(Cell::new));
+                receivers.push(cell);
             }
         }
         if !led.is_empty() {
@@ -383,6 +381,26 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     /// Joins the flight of `key`, or leads a new one that runs `make_work()` when the returned
     /// [`Leading`] is awaited — in the caller's task, with no task spawned unless the caller
     /// drops it before the work finished.
+    ///
+    /// ```
+    /// use layercache_core::Key;
+    /// use layercache_stampede::{Joined, SingleFlight};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let flights = SingleFlight::<u64>::new();
+    /// let key = Key::new("k")?;
+    /// let Joined::Led(leading) = flights.join_or_lead(&key, || async { Ok(1) }) else {
+    ///     panic!("no flight was running");
+    /// };
+    /// // A second caller joins the flight: its work is never made.
+    /// let Joined::Joined(waiter) = flights.join_or_lead(&key, || async { Ok(2) }) else {
+    ///     panic!("the first flight is running");
+    /// };
+    /// assert_eq!(leading.await?, 1);
+    /// assert_eq!(flights.wait(&key, waiter).await?, 1);
+    /// # Ok::<(), layercache_core::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn join_or_lead<F, M>(&self, key: &Key, make_work: M) -> Joined<T>
     where
         M: FnOnce() -> F,
@@ -394,7 +412,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             return Joined::Joined(Waiter(flight.join()));
         }
         let work: Work<T> = Box::pin(make_work());
-        let landing = self.insert_flight(&mut shard, key);
+        let landing = self.insert_flight(&mut shard, key, None);
         Joined::Led(Leading {
             work: Some(work),
             landing: Some(landing),
@@ -424,7 +442,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     where
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let landing = self.insert_flight(&mut shard, key);
+        let landing = self.insert_flight(&mut shard, key, None);
         drop(shard);
         tokio::spawn(async move {
             let mut landing = landing;
@@ -433,11 +451,17 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         });
     }
 
-    /// Registers a new flight of `key`: the landing that will deliver its outcome.
-    fn insert_flight(&self, shard: &mut Shard<T>, key: &Key) -> Landing<T> {
+    /// Registers a new flight of `key` (with the outcome's `cell` when a caller waits from the
+    /// start): the landing that will deliver its outcome.
+    fn insert_flight(
+        &self,
+        shard: &mut Shard<T>,
+        key: &Key,
+        cell: Option<Arc<Cell<T>>>,
+    ) -> Landing<T> {
         self.shared.led.fetch_add(1, Ordering::Relaxed);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        shard.flights.insert(key.clone(), Flight { id, cell: None });
+        shard.flights.insert(key.clone(), Flight { id, cell });
         Landing {
             shared: Arc::clone(&self.shared),
             key: key.clone(),
@@ -493,37 +517,36 @@ struct Landing<T: Send + Sync + 'static> {
 }
 
 impl<T: Send + Sync + 'static> Landing<T> {
+    /// Forgets the flight as it lands (exactly once): the map holds only flights in progress, so
+    /// a landed value is never kept alive here. Once it is out of the map nobody can join it, so
+    /// its outcome is set after the lock is released. The cell of its waiters, if any joined.
+    fn forget(&mut self) -> Option<Arc<Cell<T>>> {
+        if self.landed {
+            return None;
+        }
+        self.landed = true;
+        self.shared
+            .flights(&self.key)
+            .take_landed(&self.key, self.id)
+    }
+
     /// Lands `result` for the followers, cloning it only if one joined; hands it back.
     fn land_shared(&mut self, result: Result<T>) -> Result<T>
     where
         T: Clone,
     {
-        if self.landed {
-            return result;
-        }
-        self.landed = true;
-        let mut shard = self.shared.flights(&self.key);
-        if let Some(cell) = shard.take_landed(&self.key, self.id) {
-            // Under the shard's lock, so no caller joins this flight after its outcome was set.
+        if let Some(cell) = self.forget() {
             cell.land(result.clone());
         }
-        drop(shard);
         result
     }
 
+    /// Lands `result`. Nobody waiting is fine: the work's side effects (filling the cache) are
+    /// what matter.
     fn land(&mut self, result: Result<T>) {
-        if self.landed {
-            return;
-        }
-        self.landed = true;
-        // The flight is forgotten as it lands: the map holds only flights in progress, so a
-        // landed value is never kept alive here. Nobody waiting is fine: the work's side effects
-        // (filling the cache) are what matter.
-        let mut shard = self.shared.flights(&self.key);
-        if let Some(cell) = shard.take_landed(&self.key, self.id) {
+        if let Some(cell) = self.forget() {
             cell.land(result);
         }
-        drop(shard);
     }
 }
 

@@ -249,9 +249,11 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
             return Ok(entry.value);
         }
         let ticket = tiers.versions.begin(key);
-        match tiers.l2_entry(key).await {
-            Some(entry) if entry.meta.is_fresh(self.runtime.now()) => {
-                tiers.refill(&ticket, &entry, self.runtime.now());
+        let found = tiers.l2_entry(key).await;
+        let now = self.runtime.now();
+        match found {
+            Some(entry) if entry.meta.is_fresh(now) => {
+                tiers.refill_last(ticket, &entry, now);
                 Ok(entry.value)
             }
             _ => Ok(None),
@@ -384,7 +386,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         }
         let ticket = tiers.versions.begin(key);
         let entry = tiers.l2_entry(key).await?;
-        tiers.refill(&ticket, &entry, self.runtime.now());
+        tiers.refill_last(ticket, &entry, self.runtime.now());
         Some(entry)
     }
 
