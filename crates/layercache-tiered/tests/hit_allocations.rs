@@ -4,10 +4,10 @@
 //!
 //! The values sit behind an `Arc`, as the README recommends for values costly to clone: a hit
 //! hands out one reference count. The hit path itself (L1 lookup, clock, freshness, counters,
-//! refresh check) must add nothing to that. moka's own maintenance runs every 64 reads and now
-//! and then seals a batch of its epoch-based garbage collector (crossbeam-epoch) into one
-//! allocation; a raw `moka::sync::Cache` read the same way allocates the same, so the test holds
-//! the cache to that: no allocation beyond what moka itself makes for the same reads.
+//! refresh check) must add nothing to that. moka's own maintenance runs every 64 reads and on a
+//! timer, and may now and then allocate once for itself (seen on a slow, cold CI run: 4
+//! allocations in 10,000 hits, never freed); so the hits are counted in rounds, and one round of
+//! 10,000 hits must allocate nothing at all (a hit that allocated would show in every round).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
 
@@ -25,6 +25,7 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 const KEYS: usize = 100;
 
 const HITS: usize = 10_000;
+const ROUNDS: usize = 5;
 
 async fn load(key: Key) -> Result<Option<Arc<String>>, std::convert::Infallible> {
     Ok(Some(Arc::new(format!("value of {key}"))))
@@ -55,14 +56,26 @@ fn an_l1_hit_allocates_nothing() {
         }
         let hits_before = cache.stats().l1_hits;
 
-        let region = Region::new(GLOBAL);
+        // Rounds: moka's maintenance runs now and then (every 64 reads, and on a timer) and may
+        // make a one-time allocation of its own (a buffer, a garbage bag); a hit that allocated
+        // would show in every round.
         let mut found = 0_usize;
-        for i in 0..HITS {
-            let key = &keys[i % KEYS];
-            let value = cache.get_or_load(key, load).await.unwrap();
-            found += usize::from(value.is_some());
+        let mut rounds = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let region = Region::new(GLOBAL);
+            for i in 0..HITS {
+                let key = &keys[i % KEYS];
+                let value = cache.get_or_load(key, load).await.unwrap();
+                found += usize::from(value.is_some());
+            }
+            rounds.push(region.change());
         }
-        let ours = region.change();
+        let ours = rounds
+            .iter()
+            .min_by_key(|round| round.allocations)
+            .copied()
+            .unwrap();
+        let all: usize = rounds.iter().map(|round| round.allocations).sum();
 
         // The same reads on a raw moka cache, warmed the same way.
         let raw: moka::sync::Cache<Key, Arc<String>> = moka::sync::Cache::new(10_000);
@@ -83,29 +96,32 @@ fn an_l1_hit_allocates_nothing() {
 
         assert_eq!(
             (found, raw_found),
-            (HITS, HITS),
+            (ROUNDS * HITS, HITS),
             "every read found its value"
         );
         assert_eq!(
             cache.stats().l1_hits - hits_before,
-            HITS as u64,
+            (ROUNDS * HITS) as u64,
             "every read was an L1 hit"
         );
         eprintln!(
-            "{HITS} L1 hits: {} allocations ({} bytes); raw moka, same reads: {} ({} bytes)",
-            ours.allocations, ours.bytes_allocated, moka_own.allocations, moka_own.bytes_allocated
+            "{ROUNDS} rounds of {HITS} L1 hits: {:?} allocations; raw moka, {HITS} reads: {} \
+             ({} bytes)",
+            rounds
+                .iter()
+                .map(|round| round.allocations)
+                .collect::<Vec<_>>(),
+            moka_own.allocations,
+            moka_own.bytes_allocated
+        );
+        assert_eq!(
+            ours.allocations, 0,
+            "every round of {HITS} L1 hits allocated (the quietest {ours:?}; moka alone, the same \
+             reads: {moka_own:?})"
         );
         assert!(
-            ours.allocations == 0 || ours.allocations <= moka_own.allocations,
-            "{HITS} L1 hits allocated {} times ({} bytes); moka alone allocates {} times for the \
-             same reads: {ours:?}",
-            ours.allocations,
-            ours.bytes_allocated,
-            moka_own.allocations
-        );
-        assert!(
-            ours.allocations * 100 <= HITS,
-            "more than one allocation per 100 hits: {ours:?}"
+            all * 100 <= ROUNDS * HITS,
+            "more than one allocation per 100 hits over all rounds: {all}"
         );
     });
 }
