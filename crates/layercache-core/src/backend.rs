@@ -1,8 +1,9 @@
 use std::fmt::Debug;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::entry::Entry;
+use crate::entry::{Entry, Timestamp};
 use crate::error::Result;
 use crate::key::{Key, Namespace};
 
@@ -20,6 +21,10 @@ use crate::key::{Key, Namespace};
 /// - The batch forms answer in the order of their input. Their default implementations loop over
 ///   the single forms; network backends override them with one round trip.
 /// - [`clear`](Backend::clear) removes the keys of one [`Namespace`] and nothing else.
+/// - A shared tier keeps order across processes: [`invalidate`](Backend::invalidate) leaves a
+///   tombstone, and [`set_if_newer`](Backend::set_if_newer) refuses an entry created at or before
+///   a tombstone, or before the entry it would replace. An in-process tier needs neither (the
+///   cache's version table orders its own process) and keeps the defaults.
 ///
 /// The `layercache-testkit` crate's conformance suite checks this contract for any backend.
 #[async_trait]
@@ -60,6 +65,41 @@ where
             removed += u64::from(self.delete(key).await?);
         }
         Ok(removed)
+    }
+
+    /// Stores `entry` — produced by a load whose source read began at its `created_at` — unless
+    /// the tier holds something newer: an entry created after it, or a tombstone
+    /// ([`invalidate`](Self::invalidate)) at or after it. `true` when it stored. The default
+    /// stores unconditionally.
+    async fn set_if_newer(&self, key: &Key, entry: Entry<V>) -> Result<bool> {
+        self.set(key, entry).await.map(|()| true)
+    }
+
+    /// [`set_if_newer`](Self::set_if_newer) of every pair; one answer per pair, in order.
+    async fn set_many_if_newer(&self, items: Vec<(Key, Entry<V>)>) -> Result<Vec<bool>> {
+        let mut stored = Vec::with_capacity(items.len());
+        for (key, entry) in items {
+            stored.push(self.set_if_newer(&key, entry).await?);
+        }
+        Ok(stored)
+    }
+
+    /// Removes `key` as an invalidation at `at`: for `window`, a tombstone refuses
+    /// [`set_if_newer`](Self::set_if_newer) of anything created at or before `at` (a slow load
+    /// in any process cannot put an older value back). `true` when a value was present. The
+    /// default is [`delete`](Self::delete).
+    async fn invalidate(&self, key: &Key, at: Timestamp, window: Duration) -> Result<bool> {
+        let _ = (at, window);
+        self.delete(key).await
+    }
+
+    /// Removes the entries that carry `tag`, as invalidations at `at` (see
+    /// [`invalidate`](Self::invalidate)), when the tier keeps an index of its tags; returns how
+    /// many it removed. The default keeps no index and removes nothing: the cache above checks
+    /// entries against the tag's invalidation time on read.
+    async fn invalidate_tag(&self, tag: &str, at: Timestamp, window: Duration) -> Result<u64> {
+        let _ = (tag, at, window);
+        Ok(0)
     }
 
     /// Removes every key of `namespace`; returns how many were removed.

@@ -35,6 +35,9 @@ pub enum CodecError {
     /// The envelope ends before its header or meta does, or its meta is inconsistent.
     #[error("corrupt envelope: {0}")]
     Corrupt(&'static str),
+    /// The bytes are a tombstone: the key was invalidated at this moment. Not a failure: a miss.
+    #[error("a tombstone (invalidated at {0:?})")]
+    Tombstone(crate::Timestamp),
 }
 
 impl From<CodecError> for Error {

@@ -5,7 +5,7 @@
 //! 0       3     magic: 0xCA 'L' 'C'
 //! 3       1     format version (1)
 //! 4       1     codec id (1 = JSON, 2 = MessagePack, 128..=255 user codecs)
-//! 5       1     flags (none defined in version 1; any set bit is refused)
+//! 5       1     flags: 0x01 = tombstone (see below); any other bit is refused
 //! 6       8     created_at, ms since the Unix epoch, little endian
 //! 14      8     fresh_until, ms, little endian
 //! 22      8     stale_until, ms, little endian
@@ -13,6 +13,11 @@
 //! 38      2     tag count, little endian, then for each tag: 2-byte length + UTF-8 bytes
 //! ..      ..    payload, encoded by the codec
 //! ```
+//!
+//! A **tombstone** marks an invalidation (a delete) at `created_at`: flag 0x01, codec id 0, no tags
+//! and no payload. It reads as a miss ([`CodecError::Tombstone`]), and a conditional store
+//! (`Backend::set_if_newer`) of an entry created at or before it is refused, so a load that
+//! began before a delete cannot put its older value back, in any process (ADR 0012).
 //!
 //! The header is fixed-width and language-neutral, so other programs can read what layercache writes
 //! (and layercache can tell when they wrote something else). The magic starts with a byte that is not
@@ -33,6 +38,10 @@ pub const MAGIC: [u8; 3] = [0xCA, b'L', b'C'];
 pub const FORMAT_VERSION: u8 = 1;
 /// The length of the fixed part of the header, up to and including the tag count.
 pub const HEADER_LEN: usize = 40;
+/// The flag of a tombstone.
+pub const FLAG_TOMBSTONE: u8 = 0x01;
+/// The offset of `created_at` in the header (scripts that compare stamps read it there).
+pub const CREATED_AT_OFFSET: usize = 6;
 /// The most tags an envelope may carry.
 pub const MAX_TAGS: usize = u16::MAX as usize;
 
@@ -66,7 +75,28 @@ pub fn encode<C: Codec, V: Serialize>(codec: &C, entry: &Entry<V>) -> Result<Vec
     Ok(out)
 }
 
-/// Decodes an entry written by [`encode`] with the same codec.
+/// A tombstone for an invalidation at `at`, to be kept until `until`.
+pub fn tombstone(at: Timestamp, until: Timestamp) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(0);
+    out.push(FLAG_TOMBSTONE);
+    out.extend_from_slice(&at.as_millis().to_le_bytes());
+    out.extend_from_slice(&until.max(at).as_millis().to_le_bytes());
+    out.extend_from_slice(&until.max(at).as_millis().to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
+}
+
+/// Whether `bytes` are a tombstone.
+pub fn is_tombstone(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER_LEN && bytes[..3] == MAGIC && bytes[5] == FLAG_TOMBSTONE
+}
+
+/// Decodes an entry written by [`encode`] with the same codec. A tombstone is
+/// [`CodecError::Tombstone`].
 pub fn decode<C: Codec, V: DeserializeOwned>(
     codec: &C,
     bytes: &[u8],
@@ -80,13 +110,16 @@ pub fn decode<C: Codec, V: DeserializeOwned>(
         return Err(CodecError::UnsupportedVersion(version));
     }
     let codec_id = r.u8()?;
+    let flags = r.u8()?;
+    if flags == FLAG_TOMBSTONE {
+        return Err(CodecError::Tombstone(Timestamp::from_millis(r.u64()?)));
+    }
     if codec_id != codec.id() {
         return Err(CodecError::CodecMismatch {
             expected: codec.id(),
             found: codec_id,
         });
     }
-    let flags = r.u8()?;
     if flags != 0 {
         return Err(CodecError::UnknownFlags(flags));
     }
@@ -113,10 +146,11 @@ pub fn decode<C: Codec, V: DeserializeOwned>(
     Ok(Entry::new(value, meta))
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Reads little-endian fields off a byte slice; running short is [`CodecError::Corrupt`].
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         if self.0.len() < n {
             return Err(CodecError::Corrupt("truncated"));
         }
@@ -125,17 +159,17 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u8(&mut self) -> Result<u8, CodecError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, CodecError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, CodecError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, CodecError> {
         let mut b = [0; 2];
         b.copy_from_slice(self.take(2)?);
         Ok(u16::from_le_bytes(b))
     }
 
-    fn u64(&mut self) -> Result<u64, CodecError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, CodecError> {
         let mut b = [0; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(b))
@@ -187,14 +221,31 @@ mod tests {
             }
         );
         let mut v = bytes.clone();
-        v[5] = 1;
-        assert_eq!(d(&v), CodecError::UnknownFlags(1));
+        v[5] = 2;
+        assert_eq!(d(&v), CodecError::UnknownFlags(2));
         for cut in 0..bytes.len() {
             assert!(
                 decode::<_, Vec<String>>(&JsonCodec, &bytes[..cut]).is_err(),
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn tombstones_read_as_tombstones_whatever_the_codec() {
+        let at = Timestamp::from_millis(5_000);
+        let bytes = tombstone(at, Timestamp::from_millis(65_000));
+        assert_eq!(bytes.len(), HEADER_LEN);
+        let got = decode::<_, Vec<String>>(&JsonCodec, &bytes).unwrap_err();
+        assert_eq!(got, CodecError::Tombstone(at));
+        assert_eq!(
+            u64::from_le_bytes(
+                bytes[CREATED_AT_OFFSET..CREATED_AT_OFFSET + 8]
+                    .try_into()
+                    .unwrap()
+            ),
+            5_000
+        );
     }
 
     #[test]

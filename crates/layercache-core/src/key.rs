@@ -283,6 +283,15 @@ pub struct Namespace {
 }
 
 impl Namespace {
+    /// The namespace whose [`scope`](Self::scope) is `scope` (an invalidation message carries
+    /// only that).
+    pub(crate) fn from_scope(scope: &str) -> Namespace {
+        Namespace {
+            scope: scope.into(),
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+        }
+    }
+
     /// The key of `id` in this namespace: a string, a number, anything that displays. The id may
     /// hold any character (`:` and unicode too); it must not be empty, and the whole key must fit
     /// the key space's length limit. One allocation (the key's own).

@@ -43,6 +43,7 @@ mod codec;
 mod entry;
 pub mod envelope;
 mod error;
+mod invalidation;
 mod journal;
 mod key;
 mod lock;
@@ -59,6 +60,9 @@ pub use codec::MsgPackCodec;
 pub use codec::{Codec, CodecError, JsonCodec};
 pub use entry::{DEFAULT_HARD_TIMEOUT, Entry, EntryMeta, EntryOptions, Tags, Timestamp};
 pub use error::{Error, ErrorKind, Result};
+pub use invalidation::{
+    Invalidation, InvalidationBatch, InvalidationSink, InvalidationTransport, MemoryTransport,
+};
 pub use journal::{JournalBacklog, JournalOp, JournalRecord, PayloadCodec, WriteJournal};
 pub use key::{DEFAULT_MAX_KEY_LEN, Key, KeyError, KeySpace, MAX_SEGMENT_LEN, Namespace};
 pub use lock::LockStore;

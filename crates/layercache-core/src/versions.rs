@@ -193,6 +193,36 @@ impl Versions {
         }
     }
 
+    /// An invalidation made elsewhere (another instance, the server): loads of `key` under way may
+    /// no longer store. `apply` runs under the key's lock (remove the key from the in-process
+    /// tier there). Unlike a write, nothing stays pending.
+    pub fn invalidate_with<R>(&self, key: &Key, apply: impl FnOnce() -> R) -> R {
+        let mut shard = locked(self.shard(key));
+        if let Some(slot) = shard.get_mut(key) {
+            slot.version += 1;
+        }
+        apply()
+    }
+
+    /// [`invalidate_with`](Self::invalidate_with) of every key that `covers` (a namespace, or
+    /// everything): `apply` runs with every shard locked.
+    pub fn invalidate_where<R>(
+        &self,
+        covers: impl Fn(&Key) -> bool,
+        apply: impl FnOnce() -> R,
+    ) -> R {
+        let mut shards: Vec<MutexGuard<'_, Shard>> =
+            self.shards.iter().map(|shard| locked(shard)).collect();
+        for shard in &mut shards {
+            for (key, slot) in shard.iter_mut() {
+                if covers(key) {
+                    slot.version += 1;
+                }
+            }
+        }
+        apply()
+    }
+
     /// Keys with tickets alive: the in-flight bookkeeping, zero when the cache is idle.
     pub fn tracked(&self) -> usize {
         self.shards.iter().map(|s| locked(s).len()).sum()

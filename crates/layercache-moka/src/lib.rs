@@ -212,6 +212,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
             cache: builder.build_with_hasher(Hasher::default()),
             clock: self.clock,
             ttl_cap: self.ttl_cap,
+            temporary_cap: Arc::new(AtomicU64::new(u64::MAX)),
             counters,
         })
     }
@@ -224,6 +225,8 @@ pub struct MokaBackend<V> {
     cache: Cache<Key, Slot<V>, Hasher>,
     clock: SharedClock,
     ttl_cap: Option<Duration>,
+    /// A cap set while the cache runs (ms; `u64::MAX`: none), shared by clones.
+    temporary_cap: Arc<AtomicU64>,
     counters: Arc<Counters>,
 }
 
@@ -233,6 +236,7 @@ impl<V> Clone for MokaBackend<V> {
             cache: self.cache.clone(),
             clock: Arc::clone(&self.clock),
             ttl_cap: self.ttl_cap,
+            temporary_cap: Arc::clone(&self.temporary_cap),
             counters: Arc::clone(&self.counters),
         }
     }
@@ -320,15 +324,36 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
 
     /// Removes every key of `namespace` without a future; returns how many were removed.
     pub fn remove_namespace(&self, namespace: &Namespace) -> u64 {
+        self.remove_where(|key, _| namespace.contains(key))
+    }
+
+    /// Removes every entry for which `remove` says so (a scan of the whole cache); returns how
+    /// many were removed.
+    pub fn remove_where(&self, remove: impl Fn(&Key, &Entry<V>) -> bool) -> u64 {
         let keys: Vec<Arc<Key>> = self
             .cache
             .iter()
-            .filter(|(key, _)| namespace.contains(key))
+            .filter(|(key, slot)| remove(key, &slot.entry))
             .map(|(key, _)| key)
             .collect();
         keys.iter()
             .map(|key| u64::from(self.cache.remove(&**key).is_some()))
             .sum()
+    }
+
+    /// Removes every entry at once (moka marks them, and drops them lazily).
+    pub fn remove_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Caps how long entries stored from now on are served from here (`None`: only the
+    /// builder's cap), for every clone of this backend. The two-tier cache sets it while its
+    /// invalidation transport is disconnected.
+    pub fn cap_time_to_live(&self, cap: Option<Duration>) {
+        let millis = cap.map_or(u64::MAX, |cap| {
+            u64::try_from(cap.as_millis()).unwrap_or(u64::MAX - 1)
+        });
+        self.temporary_cap.store(millis, Ordering::Relaxed);
     }
 
     /// Stores `entry` under `key` without a future; see [`Backend::set`]. An entry already past
@@ -344,10 +369,14 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
             self.cache.invalidate(key);
             return;
         }
-        let until = match self.ttl_cap {
+        let mut until = match self.ttl_cap {
             Some(cap) => entry.meta.stale_until.min(now + cap),
             None => entry.meta.stale_until,
         };
+        let temporary = self.temporary_cap.load(Ordering::Relaxed);
+        if temporary != u64::MAX {
+            until = until.min(now + Duration::from_millis(temporary));
+        }
         self.cache.insert(key.clone(), Slot { entry, until });
     }
 }

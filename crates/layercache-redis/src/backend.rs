@@ -22,8 +22,29 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// The default number of keys asked of each SCAN (and removed by each UNLINK) in `clear`.
 pub const DEFAULT_SCAN_BATCH: usize = 500;
+/// The default prefix of the tag index's keys: the keys carrying tag `t` are the members of the set
+/// `layercache:tag:t`.
+pub const DEFAULT_TAG_PREFIX: &str = "layercache:tag:";
 /// The default size of the optional connection pool.
 pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// Tags to the keys stored with them and the longest TTL among those (ms).
+type TagGroups<'a> = std::collections::BTreeMap<&'a str, (Vec<&'a str>, u64)>;
+
+/// Stores an envelope unless the key holds a newer one: an entry created after it, or a
+/// tombstone at or after it (ADR 0012). KEYS[1]; ARGV: the envelope, its PX, its `created_at` in
+/// ms. Foreign bytes are replaced. Answers 1 when it stored.
+const SET_IF_NEWER: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and string.len(cur) >= 14 and string.sub(cur, 1, 3) == 'LC' then
+  local stamp = 0
+  for i = 14, 7, -1 do stamp = stamp * 256 + string.byte(cur, i) end
+  local new = tonumber(ARGV[3])
+  if stamp > new or (stamp == new and string.byte(cur, 6) == 1) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
 
 /// A point-in-time view of a [`RedisBackend`]'s counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,6 +84,7 @@ pub struct RedisBackendBuilder<C = JsonCodec> {
     pool_size: Option<usize>,
     cluster: Option<Vec<String>>,
     scan_batch: usize,
+    tag_prefix: Option<Arc<str>>,
 }
 
 impl<C: Codec> RedisBackendBuilder<C> {
@@ -78,7 +100,25 @@ impl<C: Codec> RedisBackendBuilder<C> {
             pool_size: self.pool_size,
             cluster: self.cluster,
             scan_batch: self.scan_batch,
+            tag_prefix: self.tag_prefix,
         }
+    }
+
+    /// Where the tag index lives (default [`DEFAULT_TAG_PREFIX`]): each tag is a set of the keys
+    /// stored with it, which `invalidate_tag` removes at once. Its sets expire with the entries
+    /// they name (orphans go with them).
+    #[must_use]
+    pub fn tag_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.tag_prefix = Some(prefix.into().into());
+        self
+    }
+
+    /// Keep no tag index: entries with tags are stored as they are, and a tag invalidation removes
+    /// nothing from Redis (the cache above still refuses, on read, entries made before it).
+    #[must_use]
+    pub fn without_tag_index(mut self) -> Self {
+        self.tag_prefix = None;
+        self
     }
 
     /// The clock that decides expiry (default the system clock).
@@ -180,6 +220,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
             clock: self.clock,
             redacted_url: redact(&self.url),
             scan_batch: self.scan_batch,
+            tag_prefix: self.tag_prefix,
             counters: Arc::default(),
         }
     }
@@ -284,6 +325,7 @@ pub struct RedisBackend<C = JsonCodec> {
     clock: SharedClock,
     redacted_url: String,
     scan_batch: usize,
+    tag_prefix: Option<Arc<str>>,
     counters: Arc<Counters>,
 }
 
@@ -295,6 +337,7 @@ impl<C: Clone> Clone for RedisBackend<C> {
             clock: Arc::clone(&self.clock),
             redacted_url: self.redacted_url.clone(),
             scan_batch: self.scan_batch,
+            tag_prefix: self.tag_prefix.clone(),
             counters: Arc::clone(&self.counters),
         }
     }
@@ -324,6 +367,7 @@ impl RedisBackend<JsonCodec> {
             pool_size: None,
             cluster: None,
             scan_batch: DEFAULT_SCAN_BATCH,
+            tag_prefix: Some(DEFAULT_TAG_PREFIX.into()),
         }
     }
 
@@ -382,6 +426,8 @@ impl<C: Codec> RedisBackend<C> {
         let entry = bytes.and_then(
             |bytes| match envelope::decode::<C, V>(&self.codec, &bytes) {
                 Ok(entry) => Some(entry),
+                // An invalidation's mark: a plain miss.
+                Err(layercache_core::CodecError::Tombstone(_)) => None,
                 Err(error) => {
                     self.counters
                         .decode_failures
@@ -426,6 +472,164 @@ impl<C: Codec> RedisBackend<C> {
         }
         Ok(())
     }
+
+    /// Adds the script that stores `entry` unless the key holds something newer; `false` when
+    /// there is nothing to store (the entry already expired).
+    fn push_set_if_newer<V: Serialize>(
+        &self,
+        pipe: &mut redis::Pipeline,
+        key: &Key,
+        entry: &Entry<V>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let ttl = entry.meta.time_to_live(now);
+        if ttl.is_zero() {
+            return Ok(false);
+        }
+        let bytes = envelope::encode(&self.codec, entry)?;
+        let px = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        // EVAL, not EVALSHA: a pipeline cannot reload a script a restarted server forgot, and
+        // Redis compiles a script once and keeps it by its hash.
+        pipe.cmd("EVAL")
+            .arg(SET_IF_NEWER)
+            .arg(1)
+            .arg(key.as_str())
+            .arg(bytes)
+            .arg(px)
+            .arg(entry.meta.created_at.as_millis());
+        Ok(true)
+    }
+
+    /// The tag index's work for stored `items`: each tag with the keys stored with it and the
+    /// longest of their TTLs (ms). Empty without a tag index.
+    fn tag_groups<'a, V>(
+        &self,
+        items: impl IntoIterator<Item = (&'a Key, &'a Entry<V>)>,
+        now: Timestamp,
+    ) -> TagGroups<'a>
+    where
+        V: 'a,
+    {
+        let mut groups = TagGroups::new();
+        if self.tag_prefix.is_none() {
+            return groups;
+        }
+        for (key, entry) in items {
+            let px = u64::try_from(entry.meta.time_to_live(now).as_millis()).unwrap_or(u64::MAX);
+            if px == 0 {
+                continue;
+            }
+            for tag in entry.meta.tags.as_slice() {
+                let group = groups.entry(tag.as_str()).or_insert((Vec::new(), 0));
+                group.0.push(key.as_str());
+                group.1 = group.1.max(px);
+            }
+        }
+        groups
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        format!(
+            "{}{tag}",
+            self.tag_prefix.as_deref().unwrap_or(DEFAULT_TAG_PREFIX)
+        )
+    }
+
+    /// Adds the commands of one tag's group: SADD of its keys, then the set's expiry raised to
+    /// the longest TTL (PEXPIRE NX sets it on a new set, GT only raises it). Answers ignored.
+    fn push_tag_group(&self, pipe: &mut redis::Pipeline, tag: &str, keys: &[&str], px: u64) {
+        let tag_key = self.tag_key(tag);
+        pipe.cmd("SADD").arg(&tag_key).arg(keys).ignore();
+        pipe.cmd("PEXPIRE").arg(&tag_key).arg(px).arg("NX").ignore();
+        pipe.cmd("PEXPIRE").arg(&tag_key).arg(px).arg("GT").ignore();
+    }
+
+    /// Sends the tag index's work: into `pipe` on one server, one pipeline per tag (one slot
+    /// each) on a cluster.
+    async fn index_tags(&self, pipe: &mut redis::Pipeline, groups: TagGroups<'_>) -> Result<()> {
+        if !self.conn.is_cluster() {
+            for (tag, (keys, px)) in &groups {
+                self.push_tag_group(pipe, tag, keys, *px);
+            }
+            return Ok(());
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (tag, (keys, px)) in &groups {
+            let mut tag_pipe = redis::pipe();
+            self.push_tag_group(&mut tag_pipe, tag, keys, *px);
+            let conn = self.conn.clone();
+            tasks.spawn(async move {
+                conn.query::<()>(Request::Pipe(&tag_pipe), Idempotent::Yes)
+                    .await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.map_err(|e| Error::unavailable("a redis tag index task failed").with_source(e))??;
+        }
+        Ok(())
+    }
+
+    /// Sends one conditional store per pipeline (one slot each on a cluster); answers in order.
+    async fn send_if_newer<V: Serialize>(
+        &self,
+        items: &[(Key, Entry<V>)],
+        now: Timestamp,
+    ) -> Result<Vec<bool>> {
+        let mut stored = vec![false; items.len()];
+        if self.conn.is_cluster() {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (index, (key, entry)) in items.iter().enumerate() {
+                let mut pipe = redis::pipe();
+                if !self.push_set_if_newer(&mut pipe, key, entry, now)? {
+                    continue;
+                }
+                let conn = self.conn.clone();
+                tasks.spawn(async move {
+                    let answer: Result<(i64,)> =
+                        conn.query(Request::Pipe(&pipe), Idempotent::Yes).await;
+                    (index, answer)
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                let (index, answer) = done
+                    .map_err(|e| Error::unavailable("a redis write task failed").with_source(e))?;
+                stored[index] = answer?.0 == 1;
+            }
+            let groups = self.tag_groups(
+                items
+                    .iter()
+                    .zip(&stored)
+                    .filter(|(_, s)| **s)
+                    .map(|((k, e), _)| (k, e)),
+                now,
+            );
+            self.index_tags(&mut redis::pipe(), groups).await?;
+            return Ok(stored);
+        }
+        let mut pipe = redis::pipe();
+        let mut sent = Vec::with_capacity(items.len());
+        for (index, (key, entry)) in items.iter().enumerate() {
+            if self.push_set_if_newer(&mut pipe, key, entry, now)? {
+                sent.push(index);
+            }
+        }
+        if sent.is_empty() {
+            return Ok(stored);
+        }
+        // Indexed whether or not the script stores: a refused entry leaves an orphan the tag's
+        // set names until it expires, which an invalidation removes harmlessly.
+        let groups = self.tag_groups(items.iter().map(|(k, e)| (k, e)), now);
+        self.index_tags(&mut pipe, groups).await?;
+        // The script's check and store happen at once, so sending it twice is harmless.
+        let answers: Vec<i64> = self
+            .conn
+            .query(Request::Pipe(&pipe), Idempotent::Yes)
+            .await?;
+        for (index, answer) in sent.into_iter().zip(answers) {
+            stored[index] = answer == 1;
+        }
+        Ok(stored)
+    }
 }
 
 #[async_trait]
@@ -443,7 +647,10 @@ where
 
     async fn set(&self, key: &Key, entry: Entry<V>) -> Result<()> {
         let mut pipe = redis::pipe();
-        self.push_set(&mut pipe, key, &entry, self.clock.now())?;
+        let now = self.clock.now();
+        self.push_set(&mut pipe, key, &entry, now)?;
+        let groups = self.tag_groups([(key, &entry)], now);
+        self.index_tags(&mut pipe, groups).await?;
         // SET and UNLINK give the same result when sent twice.
         self.conn
             .query::<()>(Request::Pipe(&pipe), Idempotent::Yes)
@@ -455,6 +662,64 @@ where
         cmd.arg(key.as_str());
         let removed: u64 = self.conn.query(Request::Cmd(&cmd), Idempotent::No).await?;
         Ok(removed > 0)
+    }
+
+    async fn set_if_newer(&self, key: &Key, entry: Entry<V>) -> Result<bool> {
+        let items = [(key.clone(), entry)];
+        let stored = self.send_if_newer(&items, self.clock.now()).await?;
+        Ok(stored.first().copied().unwrap_or(false))
+    }
+
+    async fn set_many_if_newer(&self, items: Vec<(Key, Entry<V>)>) -> Result<Vec<bool>> {
+        self.send_if_newer(&items, self.clock.now()).await
+    }
+
+    async fn invalidate(&self, key: &Key, at: Timestamp, window: Duration) -> Result<bool> {
+        let px = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key.as_str())
+            .arg(envelope::tombstone(at, at + window))
+            .arg("PX")
+            .arg(px)
+            .arg("GET");
+        let old: Option<Vec<u8>> = self.conn.query(Request::Cmd(&cmd), Idempotent::No).await?;
+        // Present: a value, not an earlier tombstone.
+        Ok(old.is_some_and(|old| !envelope::is_tombstone(&old)))
+    }
+
+    async fn invalidate_tag(&self, tag: &str, at: Timestamp, window: Duration) -> Result<u64> {
+        if self.tag_prefix.is_none() {
+            return Ok(0);
+        }
+        let tag_key = self.tag_key(tag);
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let mut scan = redis::cmd("SSCAN");
+            scan.arg(&tag_key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(self.scan_batch);
+            let (next, members): (u64, Vec<String>) = self
+                .conn
+                .query(Request::Cmd(&scan), Idempotent::Yes)
+                .await?;
+            let keys: Vec<Key> = members
+                .iter()
+                .filter_map(|m| Key::with_max_len(m, usize::MAX).ok())
+                .collect();
+            removed += self.tombstone_all(&keys, at, window).await?;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut unlink = redis::cmd("UNLINK");
+        unlink.arg(&tag_key);
+        self.conn
+            .query::<u64>(Request::Cmd(&unlink), Idempotent::No)
+            .await?;
+        Ok(removed)
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry<V>>>> {
@@ -502,12 +767,15 @@ where
             while let Some(done) = tasks.join_next().await {
                 done.map_err(|e| Error::unavailable("a redis write task failed").with_source(e))??;
             }
-            return Ok(());
+            let groups = self.tag_groups(items.iter().map(|(k, e)| (k, e)), now);
+            return self.index_tags(&mut redis::pipe(), groups).await;
         }
         let mut pipe = redis::pipe();
         for (key, entry) in &items {
             self.push_set(&mut pipe, key, entry, now)?;
         }
+        let groups = self.tag_groups(items.iter().map(|(k, e)| (k, e)), now);
+        self.index_tags(&mut pipe, groups).await?;
         self.conn
             .query::<()>(Request::Pipe(&pipe), Idempotent::Yes)
             .await
@@ -542,6 +810,59 @@ where
 }
 
 impl<C: Codec> RedisBackend<C> {
+    /// Replaces each of `keys` with a tombstone at `at` (one pipeline; one command per key on a
+    /// cluster); returns how many held a value.
+    async fn tombstone_all(&self, keys: &[Key], at: Timestamp, window: Duration) -> Result<u64> {
+        let px = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let tombstone = envelope::tombstone(at, at + window);
+        let command = |pipe: &mut redis::Pipeline, key: &Key| {
+            pipe.cmd("SET")
+                .arg(key.as_str())
+                .arg(tombstone.as_slice())
+                .arg("PX")
+                .arg(px)
+                .arg("GET");
+        };
+        let present = |old: &Option<Vec<u8>>| {
+            u64::from(
+                old.as_deref()
+                    .is_some_and(|old| !envelope::is_tombstone(old)),
+            )
+        };
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        if !self.conn.is_cluster() {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                command(&mut pipe, key);
+            }
+            let olds: Vec<Option<Vec<u8>>> = self
+                .conn
+                .query(Request::Pipe(&pipe), Idempotent::No)
+                .await?;
+            return Ok(olds.iter().map(present).sum());
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for key in keys {
+            let mut pipe = redis::pipe();
+            command(&mut pipe, key);
+            let conn = self.conn.clone();
+            tasks.spawn(async move {
+                conn.query::<(Option<Vec<u8>>,)>(Request::Pipe(&pipe), Idempotent::No)
+                    .await
+            });
+        }
+        let mut removed = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (old,) = done.map_err(|e| {
+                Error::unavailable("a redis invalidation task failed").with_source(e)
+            })??;
+            removed += present(&old);
+        }
+        Ok(removed)
+    }
+
     /// SCAN + UNLINK of the keys matching `pattern`, on one node (`None`: the connection's).
     async fn clear_node(&self, pattern: &str, node: Option<(&str, u16)>) -> Result<u64> {
         let mut cursor: u64 = 0;

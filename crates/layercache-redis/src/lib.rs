@@ -25,6 +25,7 @@
 //! ```
 
 mod backend;
+mod backplane;
 mod connection;
 mod lock;
 mod stream;
@@ -32,7 +33,11 @@ mod url;
 
 pub use backend::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECONNECT_DELAY,
-    DEFAULT_POOL_SIZE, DEFAULT_SCAN_BATCH, RedisBackend, RedisBackendBuilder, RedisStats,
+    DEFAULT_POOL_SIZE, DEFAULT_SCAN_BATCH, DEFAULT_TAG_PREFIX, RedisBackend, RedisBackendBuilder,
+    RedisStats,
+};
+pub use backplane::{
+    DEFAULT_CHANNEL, DEFAULT_PING_INTERVAL, PubSubStats, RedisPubSub, RedisPubSubBuilder,
 };
 pub use lock::{DEFAULT_LOCK_PREFIX, RedisLockStore};
 pub use stream::{

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layercache_core::{
-    Backend, Clock, EntryOptions, Error, Key, LockStore, Result, SharedClock, SystemClock,
+    Backend, Clock, EntryOptions, Error, InvalidationTransport, Key, LockStore, Result,
+    SharedClock, SystemClock,
 };
 use layercache_moka::MokaBackend;
 use layercache_stampede::{DistributedLock, EarlyExpiry, LockOptions, SingleFlight};
@@ -32,6 +33,14 @@ pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// The default bound on how long a caller waits for a load another caller leads: none
 /// (`Duration::MAX`), because the load itself is bounded (the hard timeout, the lock's wait).
 pub const DEFAULT_MAX_WAIT: Duration = Duration::MAX;
+
+/// The default cap on how long L1 keeps an entry while the invalidation transport is
+/// disconnected (1 s): the longest a missed invalidation can be served from L1.
+pub const DEFAULT_DISCONNECTED_L1_TTL: Duration = Duration::from_secs(1);
+/// The default invalidation window (60 s): how long a delete's tombstone in L2 refuses the store
+/// of a load that began before the delete, in any process. Keep it above the longest load (the
+/// hard timeout, 10 s by default).
+pub const DEFAULT_INVALIDATION_WINDOW: Duration = Duration::from_secs(60);
 
 type Weigher<V> = Arc<dyn Fn(&Key, &V) -> u32 + Send + Sync>;
 
@@ -75,6 +84,9 @@ pub struct TieredCacheBuilder<V> {
     pub(crate) max_wait: Duration,
     pub(crate) clock: Option<SharedClock>,
     pub(crate) name: String,
+    pub(crate) transport: Option<Arc<dyn InvalidationTransport>>,
+    pub(crate) disconnected_l1_ttl: Duration,
+    pub(crate) invalidation_window: Duration,
 }
 
 impl<V> fmt::Debug for TieredCacheBuilder<V> {
@@ -109,6 +121,9 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
             max_wait: DEFAULT_MAX_WAIT,
             clock: None,
             name: "default".to_owned(),
+            transport: None,
+            disconnected_l1_ttl: DEFAULT_DISCONNECTED_L1_TTL,
+            invalidation_window: DEFAULT_INVALIDATION_WINDOW,
         }
     }
 
@@ -253,6 +268,33 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
         self
     }
 
+    /// Keeps the L1 of this cache's instances coherent: writes, deletes, clears and tag
+    /// invalidations are published through `transport`, and the other instances' are applied
+    /// here (default: none; L1 then shows other instances' changes within its TTL cap). See
+    /// [`MemoryTransport`](layercache_core::MemoryTransport) and, in `layercache-redis`, the
+    /// pub/sub backplane. The cache must be built within a tokio runtime.
+    #[must_use]
+    pub fn invalidation(mut self, transport: impl InvalidationTransport + 'static) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// The cap on L1 entries while the transport is disconnected (default
+    /// [`DEFAULT_DISCONNECTED_L1_TTL`]).
+    #[must_use]
+    pub fn disconnected_l1_ttl(mut self, ttl: Duration) -> Self {
+        self.disconnected_l1_ttl = ttl;
+        self
+    }
+
+    /// How long a delete's tombstone in L2 refuses older loads' stores (default
+    /// [`DEFAULT_INVALIDATION_WINDOW`]); keep it above the longest load.
+    #[must_use]
+    pub fn invalidation_window(mut self, window: Duration) -> Self {
+        self.invalidation_window = window;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         self.options.validate()?;
         if let Some(negative) = &self.negative {
@@ -267,6 +309,16 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
         if self.l1_ttl_cap.is_zero() || self.l2_timeout.is_zero() || self.max_wait.is_zero() {
             return Err(Error::config(
                 "the L1 TTL cap, the L2 timeout and max_wait must be greater than zero",
+            ));
+        }
+        if self.disconnected_l1_ttl.is_zero() || self.invalidation_window.is_zero() {
+            return Err(Error::config(
+                "the disconnected L1 TTL and the invalidation window must be greater than zero",
+            ));
+        }
+        if self.transport.is_some() && tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "a cache with an invalidation transport must be built within a tokio runtime",
             ));
         }
         if self.retry_interval.is_zero() || self.pending_writes == 0 {
@@ -338,7 +390,17 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
             clock,
             self.retry_interval,
             self.pending_writes,
+            self.invalidation_window,
         )?;
+        let coherence = self.transport.map(|transport| {
+            crate::coherence::Coherence::start(
+                transport,
+                self.disconnected_l1_ttl,
+                self.name.as_str().into(),
+                Arc::clone(&tiers.clock),
+                Arc::clone(&tiers.counters),
+            )
+        });
         let runtime = Runtime {
             tiers,
             flights: SingleFlight::new().with_max_wait(self.max_wait),
@@ -346,6 +408,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
             early: self.early,
             options: self.options,
             negative: self.negative,
+            coherence,
         };
         #[cfg(feature = "redis")]
         let l2_stats = match redis {
@@ -354,7 +417,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
         };
         #[cfg(not(feature = "redis"))]
         let l2_stats = crate::cache::L2Stats::None;
-        Ok(TieredCache::from_runtime(runtime, self.name, l2_stats))
+        TieredCache::from_runtime(runtime, self.name, l2_stats)
     }
 }
 

@@ -217,7 +217,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
     {
         let counters = &self.tiers.counters;
         counters.bump_loads();
-        let started = Instant::now();
+        let began = (self.now(), Instant::now());
         let loaded = bounded(options.hard_timeout(), loader.load_many(&keys), || {
             format!("loading a batch of {} keys", keys.len())
         })
@@ -240,7 +240,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                     let ticket = tickets.get(key);
                     if let (Some(ticket), Some(entry)) = (
                         ticket,
-                        self.entry_for(key, value.clone(), None, &options, started),
+                        self.entry_for(key, value.clone(), None, &options, began),
                     ) {
                         self.tiers.store(ticket, entry).await;
                     }

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use layercache_core::{EntryOptions, Error, Key, Loader, Namespace, Result, Ticket};
+use layercache_core::{EntryOptions, Error, Invalidation, Key, Loader, Namespace, Result, Ticket};
 
 use crate::builder::TieredCacheBuilder;
 use crate::bulk::{DEFAULT_WARM_BATCH, DEFAULT_WARM_CONCURRENCY, WarmOutcome, WarmReport};
@@ -88,11 +88,28 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         TieredCacheBuilder::new()
     }
 
-    pub(crate) fn from_runtime(runtime: Runtime<V>, name: String, l2_stats: L2Stats) -> Self {
-        TieredCache {
-            runtime: Arc::new(runtime),
+    pub(crate) fn from_runtime(
+        runtime: Runtime<V>,
+        name: String,
+        l2_stats: L2Stats,
+    ) -> Result<Self> {
+        let runtime = Arc::new(runtime);
+        if let Some(coherence) = &runtime.coherence {
+            let sink: std::sync::Weak<dyn layercache_core::InvalidationSink> =
+                Arc::downgrade(&runtime) as _;
+            coherence.transport.attach(coherence.origin, sink)?;
+        }
+        Ok(TieredCache {
+            runtime,
             name: name.into(),
             l2_stats: Arc::new(l2_stats),
+        })
+    }
+
+    /// Tells the other instances (when a transport is configured).
+    async fn publish(&self, item: Invalidation) {
+        if let Some(coherence) = &self.runtime.coherence {
+            coherence.publish(item).await;
         }
     }
 
@@ -313,7 +330,44 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         flights.forget_where(|key| namespace.contains(key));
         let result = self.runtime.tiers.clear(namespace).await;
         flights.forget_where(|key| namespace.contains(key));
+        self.publish(Invalidation::Namespace(namespace.clone()))
+            .await;
         result
+    }
+
+    /// Invalidates every entry carrying `tag` (set with [`EntryOptions::with_tags`]), in L1, in L2
+    /// and in the other instances' L1 (through the invalidation transport). Once it returns, no
+    /// tier serves an entry with the tag made before the call, and no load that began before it
+    /// stores one. Returns how many L2 entries the tag's index named (0 without one).
+    ///
+    /// Lazy and eager at once: the tag's invalidation time is kept (each instance checks entries
+    /// against it on read, which works on Redis Cluster with no cross-slot script), and L2's tag
+    /// index, when it keeps one (Redis does), removes the tagged keys now.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
+        let runtime = &self.runtime;
+        let tiers = &runtime.tiers;
+        let at = runtime.now();
+        let item = Invalidation::Tag {
+            tag: tag.into(),
+            at,
+        };
+        runtime.invalidate_here(&item);
+        tiers.counters.bump_tags_invalidated();
+        let result = match &tiers.l2 {
+            Some(l2) => {
+                tiers
+                    .breaker
+                    .call(&tiers.counters, l2.invalidate_tag(tag, at, tiers.window))
+                    .await
+            }
+            None => Ok(0),
+        };
+        self.publish(item).await;
+        // Writes after the return must be newer than the invalidation: let the clock pass it.
+        while runtime.now() <= at {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        result.map_err(|error| error.context(format!("invalidating tag {tag} in L2")))
     }
 
     /// Waits until every pending L2 write has landed (at most [`DEFAULT_SHUTDOWN_TIMEOUT`]); an
@@ -370,6 +424,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         self.runtime.flights.forget(&key);
         let result = self.runtime.tiers.write_after(&intent.0, entry).await;
         self.runtime.flights.forget(&key);
+        self.publish(Invalidation::Key(key)).await;
         result
     }
 
@@ -400,6 +455,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         self.runtime.flights.forget(key);
         let result = self.runtime.tiers.write(key, entry).await;
         self.runtime.flights.forget(key);
+        self.publish(Invalidation::Key(key.clone())).await;
         result
     }
 
@@ -467,6 +523,12 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
             lock_waits_served: c.lock_waits_served(),
             lock_timeouts: c.lock_timeouts(),
             lock_errors: c.lock_errors(),
+            l2_stores_refused: c.l2_stores_refused(),
+            invalidations_sent: c.invalidations_sent(),
+            invalidations_received: c.invalidations_received(),
+            invalidation_publish_failures: c.invalidation_publish_failures(),
+            l1_flushes: c.l1_flushes(),
+            tags_invalidated: c.tags_invalidated(),
             evictions: l1.map_or(0, |s| s.evictions),
             l1_entries: l1.map_or(0, |s| s.entries),
         }

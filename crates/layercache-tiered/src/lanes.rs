@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use layercache_core::{Backend, Entry, Error, Key, Namespace, Result, WriteTicket};
+use layercache_core::{Backend, Entry, Error, Key, Namespace, Result, Timestamp, WriteTicket};
 use tokio::sync::{Notify, oneshot};
 
 use crate::circuit::CircuitBreaker;
@@ -40,8 +40,27 @@ const SENDERS: usize = 4;
 
 /// What a lane sends to L2.
 pub(crate) enum L2Op<V> {
+    /// A write: stored whatever L2 holds.
     Set(Entry<Option<V>>),
-    Delete,
+    /// A loaded value: stored unless L2 holds something newer (`Backend::set_if_newer`), so a
+    /// slow load cannot undo another process's write or invalidation.
+    Store(Entry<Option<V>>),
+    /// A delete made at this moment: a tombstone refuses older loads' stores for the window.
+    Delete(Timestamp),
+}
+
+impl<V> L2Op<V> {
+    fn is_delete(&self) -> bool {
+        matches!(self, L2Op::Delete(_))
+    }
+}
+
+/// When a delete was made: its own moment, or that of the write it stands in for.
+fn deleted_at<V>(op: &L2Op<V>) -> Timestamp {
+    match op {
+        L2Op::Delete(at) => *at,
+        L2Op::Set(entry) | L2Op::Store(entry) => entry.meta.created_at,
+    }
 }
 
 /// A queued write: the op, who waits for it, the version-table ticket it finishes, and the older
@@ -151,6 +170,8 @@ pub(crate) struct Lanes<V> {
     counters: Arc<Counters>,
     retry_interval: Duration,
     retry_limit: usize,
+    /// How long a delete's tombstone refuses older loads' stores.
+    window: Duration,
     retrying: AtomicUsize,
     active: AtomicUsize,
     /// Notified whenever a lane ends or starts waiting for a retry.
@@ -179,6 +200,7 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
         counters: Arc<Counters>,
         retry_interval: Duration,
         retry_limit: usize,
+        window: Duration,
     ) -> Self {
         Lanes {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -190,6 +212,7 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
             counters,
             retry_interval,
             retry_limit: retry_limit.max(1),
+            window,
             retrying: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             changed: Notify::new(),
@@ -319,8 +342,8 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
                 }
             };
             match write {
-                Some(write) if matches!(write.op, L2Op::Set(_)) => sets.push((key, write)),
-                Some(write) => deletes.push((key, write)),
+                Some(write) if write.op.is_delete() => deletes.push((key, write)),
+                Some(write) => sets.push((key, write)),
                 None => self.lane_done(&key, None),
             }
         }
@@ -345,35 +368,64 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
         }
     }
 
+    /// Sends writes (one pipeline) and loaded values (conditional stores) together.
     async fn send_sets(&self, sets: &[(Key, Queued<V>)]) -> Vec<Result<bool>> {
         if sets.is_empty() {
             return Vec::new();
         }
-        let items: Vec<(Key, Entry<Option<V>>)> = sets
-            .iter()
-            .filter_map(|(key, write)| match &write.op {
-                L2Op::Set(entry) => Some((key.clone(), entry.clone())),
-                L2Op::Delete => None,
-            })
-            .collect();
-        let result = self
-            .breaker
-            .call(&self.counters, self.l2.set_many(items))
-            .await;
+        let mut writes: Vec<(Key, Entry<Option<V>>)> = Vec::new();
+        let mut stores: Vec<(Key, Entry<Option<V>>)> = Vec::new();
+        for (key, write) in sets {
+            match &write.op {
+                L2Op::Set(entry) => writes.push((key.clone(), entry.clone())),
+                L2Op::Store(entry) => stores.push((key.clone(), entry.clone())),
+                L2Op::Delete(_) => {}
+            }
+        }
+        let send_writes = async {
+            if writes.is_empty() {
+                return Ok(());
+            }
+            self.breaker
+                .call(&self.counters, self.l2.set_many(writes))
+                .await
+        };
+        let send_stores = async {
+            if stores.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.breaker
+                .call(&self.counters, self.l2.set_many_if_newer(stores))
+                .await
+        };
+        let (written, stored) = tokio::join!(send_writes, send_stores);
+        let mut stored = stored.map(Vec::into_iter);
         sets.iter()
-            .map(|_| result.clone().map(|()| false))
+            .map(|(_, write)| match &write.op {
+                L2Op::Store(_) => match &mut stored {
+                    Ok(answers) => {
+                        if answers.next() == Some(false) {
+                            self.counters.bump_l2_stores_refused();
+                        }
+                        Ok(false)
+                    }
+                    Err(error) => Err(error.clone()),
+                },
+                _ => written.clone().map(|()| false),
+            })
             .collect()
     }
 
     async fn send_deletes(self: &Arc<Self>, deletes: &[(Key, Queued<V>)]) -> Vec<Result<bool>> {
         match deletes {
             [] => Vec::new(),
-            [(key, _)] => vec![self.delete(key).await],
+            [(key, write)] => vec![self.delete(key, &write.op).await],
             _ => {
                 let mut tasks = tokio::task::JoinSet::new();
-                for (index, (key, _)) in deletes.iter().enumerate() {
+                for (index, (key, write)) in deletes.iter().enumerate() {
                     let (lanes, key) = (Arc::clone(self), key.clone());
-                    tasks.spawn(async move { (index, lanes.delete(&key).await) });
+                    let op = L2Op::Delete(deleted_at(&write.op));
+                    tasks.spawn(async move { (index, lanes.delete(&key, &op).await) });
                 }
                 let mut out: Vec<Result<bool>> = deletes
                     .iter()
@@ -389,8 +441,11 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
         }
     }
 
-    async fn delete(&self, key: &Key) -> Result<bool> {
-        self.breaker.call(&self.counters, self.l2.delete(key)).await
+    async fn delete(&self, key: &Key, op: &L2Op<V>) -> Result<bool> {
+        let at = deleted_at(op);
+        self.breaker
+            .call(&self.counters, self.l2.invalidate(key, at, self.window))
+            .await
     }
 
     /// Completes one sent write: a landed write to answer (once the lane is done with it), or a
@@ -422,7 +477,7 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
         if let Some(done) = done {
             let _ = done.send(Err(error));
         }
-        if matches!(op, L2Op::Set(_)) && !callers_write {
+        if matches!(op, L2Op::Store(_)) && !callers_write {
             // A loaded value that did not reach L2: nothing is lost but a future L2 hit.
             if let Some(ticket) = ticket {
                 ticket.finish(|| ());
@@ -432,7 +487,7 @@ impl<V: Clone + Send + Sync + 'static> Lanes<V> {
         // A delete, or a caller's set whose older L2 value must not survive: delete the key until
         // that lands. The write ticket stays held, so no load refills L1 from the L2 value
         // meanwhile.
-        Some(Queued::new(L2Op::Delete, None, ticket))
+        Some(Queued::new(L2Op::Delete(deleted_at(&op)), None, ticket))
     }
 
     /// The key's write completed: queue its next one, hold its retry, or end the lane.

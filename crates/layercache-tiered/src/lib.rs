@@ -51,6 +51,7 @@ mod builder;
 mod bulk;
 mod cache;
 mod circuit;
+mod coherence;
 mod lanes;
 mod loaded;
 mod pipeline;
@@ -59,11 +60,13 @@ mod tiers;
 
 pub use backend::TieredBackend;
 pub use builder::{
-    DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL_CAP, DEFAULT_L2_TIMEOUT, DEFAULT_MAX_WAIT,
-    DEFAULT_NEGATIVE_TTL, DEFAULT_PENDING_WRITES, DEFAULT_RETRY_INTERVAL, TieredCacheBuilder,
+    DEFAULT_DISCONNECTED_L1_TTL, DEFAULT_INVALIDATION_WINDOW, DEFAULT_L1_MAX_ENTRIES,
+    DEFAULT_L1_TTL_CAP, DEFAULT_L2_TIMEOUT, DEFAULT_MAX_WAIT, DEFAULT_NEGATIVE_TTL,
+    DEFAULT_PENDING_WRITES, DEFAULT_RETRY_INTERVAL, TieredCacheBuilder,
 };
 pub use bulk::{DEFAULT_WARM_BATCH, DEFAULT_WARM_CONCURRENCY, WarmOutcome, WarmReport};
 pub use cache::{DEFAULT_SHUTDOWN_TIMEOUT, TieredCache, WriteIntent};
 pub use circuit::{CircuitState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
+pub use coherence::MAX_TAG_EPOCHS;
 pub use loaded::Loaded;
 pub use stats::TieredStats;

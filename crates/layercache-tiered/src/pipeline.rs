@@ -93,6 +93,8 @@ pub(crate) struct Runtime<V> {
     pub(crate) early: Option<EarlyExpiry>,
     pub(crate) options: EntryOptions,
     pub(crate) negative: Option<EntryOptions>,
+    /// The invalidation transport's side, when one is configured.
+    pub(crate) coherence: Option<crate::coherence::Coherence>,
 }
 
 /// Runs `future` for at most `limit` (`Duration::MAX`: no bound).
@@ -334,7 +336,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         let key = ticket.key();
         let counters = &self.tiers.counters;
         counters.bump_loads();
-        let started = Instant::now();
+        let (began, started) = (self.now(), Instant::now());
         let loaded = bounded(options.hard_timeout(), load.load(key.clone()), || {
             format!("loading {key}")
         })
@@ -342,9 +344,13 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         match loaded {
             Ok(loaded) => {
                 let (value, own_options) = loaded.into_parts();
-                if let Some(entry) =
-                    self.entry_for(key, value.clone(), own_options.as_ref(), options, started)
-                {
+                if let Some(entry) = self.entry_for(
+                    key,
+                    value.clone(),
+                    own_options.as_ref(),
+                    options,
+                    (began, started),
+                ) {
                     self.tiers.store(ticket, entry).await;
                 }
                 Ok(Served::loaded(value))
@@ -380,22 +386,29 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
 
     /// The entry to store for a loaded value: the loader's own options, else the negative
     /// options for an absence (none: absences are not cached), else the call's. `None` when
-    /// nothing is to be stored.
+    /// nothing is to be stored. `began`: when the load began (by the cache's clock and a
+    /// monotonic one). The entry is created then — its value is the source's as of that moment —
+    /// so an invalidation made after the load began is newer than the entry, in every tier and
+    /// every process (ADR 0012).
     pub(crate) fn entry_for(
         &self,
         key: &Key,
         value: Option<V>,
         own: Option<&EntryOptions>,
         call: &EntryOptions,
-        started: Instant,
+        began: (Timestamp, Instant),
     ) -> Option<Stored<V>> {
+        let (began, started) = began;
         let options = match (own, &value) {
             (Some(own), _) => own,
             (None, Some(_)) => call,
             (None, None) => self.negative.as_ref()?,
         };
         match options.entry(value, self.now(), started.elapsed()) {
-            Ok(entry) => Some(entry),
+            Ok(mut entry) => {
+                entry.meta.created_at = entry.meta.created_at.min(began);
+                Some(entry)
+            }
             Err(error) => {
                 tracing::warn!(%key, %error, "invalid options for a loaded value; served, not cached");
                 None

@@ -88,6 +88,12 @@ counters! {
     lock_waits_served => bump_lock_waits_served,
     lock_timeouts => bump_lock_timeouts,
     lock_errors => bump_lock_errors,
+    l2_stores_refused => bump_l2_stores_refused,
+    invalidations_sent => bump_invalidations_sent,
+    invalidations_received => bump_invalidations_received,
+    invalidation_publish_failures => bump_invalidation_publish_failures,
+    l1_flushes => bump_l1_flushes,
+    tags_invalidated => bump_tags_invalidated,
 }
 
 /// A point-in-time view of a [`TieredCache`](crate::TieredCache)'s counters.
@@ -152,6 +158,20 @@ pub struct TieredStats {
     pub lock_timeouts: u64,
     /// Lock store calls that failed (the load went on without the lock).
     pub lock_errors: u64,
+    /// Loaded values L2 refused because it held a newer entry, or an invalidation made after the
+    /// load began (in this process or another).
+    pub l2_stores_refused: u64,
+    /// Invalidations this cache published to the other instances (keys, namespaces, tags).
+    pub invalidations_sent: u64,
+    /// Invalidations received from the other instances (or the server, with client tracking).
+    pub invalidations_received: u64,
+    /// Invalidation batches that could not be published (the transport failed; the other
+    /// instances' L1 keeps the old value up to its TTL cap).
+    pub invalidation_publish_failures: u64,
+    /// Times L1 was flushed because the transport disconnected, reconnected or said so.
+    pub l1_flushes: u64,
+    /// Tags invalidated by this cache.
+    pub tags_invalidated: u64,
     /// L1 entries evicted for capacity; counted only with
     /// [`l1_count_evictions`](crate::TieredCacheBuilder::l1_count_evictions) (0 otherwise).
     pub evictions: u64,
@@ -218,6 +238,18 @@ pub(crate) fn publish(name: &str, s: &TieredStats) {
         ("layercache_lock_timeouts_total", s.lock_timeouts),
         ("layercache_lock_errors_total", s.lock_errors),
         ("layercache_evictions_total", s.evictions),
+        ("layercache_l2_stores_refused_total", s.l2_stores_refused),
+        ("layercache_invalidations_sent_total", s.invalidations_sent),
+        (
+            "layercache_invalidations_received_total",
+            s.invalidations_received,
+        ),
+        (
+            "layercache_invalidation_publish_failures_total",
+            s.invalidation_publish_failures,
+        ),
+        ("layercache_l1_flushes_total", s.l1_flushes),
+        ("layercache_tags_invalidated_total", s.tags_invalidated),
     ];
     for (metric, value) in counters {
         metrics::counter!(metric, "cache" => name.to_owned()).absolute(value);

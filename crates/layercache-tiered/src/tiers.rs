@@ -20,6 +20,7 @@ use layercache_moka::MokaBackend;
 use tokio::sync::oneshot;
 
 use crate::circuit::CircuitBreaker;
+use crate::coherence::TagEpochs;
 use crate::lanes::{L2Op, Lanes, Leftover, Queued};
 use crate::stats::Counters;
 
@@ -37,6 +38,10 @@ pub(crate) struct Tiers<V> {
     pub(crate) versions: Arc<Versions>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) clock: SharedClock,
+    /// When tags were invalidated: entries carrying one and created at or before are dead.
+    pub(crate) tags: TagEpochs,
+    /// How long a delete's tombstone in L2 refuses older loads' stores.
+    pub(crate) window: Duration,
 }
 
 impl<V> std::fmt::Debug for Tiers<V> {
@@ -62,6 +67,7 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
         clock: SharedClock,
         retry_interval: Duration,
         retry_limit: usize,
+        window: Duration,
     ) -> Result<Self> {
         if l1.is_none() && l2.is_none() {
             return Err(Error::config("a cache needs an L1, an L2, or both"));
@@ -75,6 +81,7 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
                 Arc::clone(&counters),
                 retry_interval,
                 retry_limit,
+                window,
             ))
         });
         Ok(Tiers {
@@ -85,12 +92,21 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
             versions: Arc::new(Versions::new()),
             counters,
             clock,
+            tags: TagEpochs::default(),
+            window,
         })
     }
 
-    /// The L1 entry of `key` live at `now`, without a future (the hit path).
+    /// The L1 entry of `key` live at `now`, without a future (the hit path). An entry whose tag
+    /// was invalidated since it was made is removed and reads as a miss.
     pub(crate) fn l1_entry_at(&self, key: &Key, now: Timestamp) -> Option<Stored<V>> {
-        self.l1.as_ref()?.lookup_at(key, now)
+        let l1 = self.l1.as_ref()?;
+        let entry = l1.lookup_at(key, now)?;
+        if self.tags.invalidates(&entry.meta) {
+            l1.remove_entry(key);
+            return None;
+        }
+        Some(entry)
     }
 
     /// The L1 entry of `key` live now, without a future.
@@ -103,6 +119,7 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
         let l2 = self.l2.as_ref()?;
         match self.breaker.call(&self.counters, l2.get(key)).await {
             Ok(found) => {
+                let found = found.filter(|entry| !self.tags.invalidates(&entry.meta));
                 self.count_l2_read(found.is_some());
                 found
             }
@@ -136,6 +153,10 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
         };
         match self.breaker.call(&self.counters, read).await {
             Ok(found) => {
+                let found: Vec<_> = found
+                    .into_iter()
+                    .map(|e| e.filter(|entry| !self.tags.invalidates(&entry.meta)))
+                    .collect();
                 found.iter().for_each(|e| self.count_l2_read(e.is_some()));
                 found
             }
@@ -182,6 +203,10 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
     /// began since `ticket` was taken. With no L1, waits until L2 has it (L2 is the only copy).
     pub(crate) async fn store(&self, ticket: &Ticket, entry: Stored<V>) {
         let key = ticket.key();
+        if self.tags.invalidates(&entry.meta) {
+            self.counters.bump_stores_skipped();
+            return;
+        }
         let committed = ticket.commit(|| {
             if let Some(l1) = &self.l1 {
                 l1.set_entry(key, entry.clone());
@@ -196,7 +221,7 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
                     (Some(tx), Some(rx))
                 }
             };
-            let write = Queued::new(L2Op::Set(entry), done, None);
+            let write = Queued::new(L2Op::Store(entry), done, None);
             (landing, lanes.enqueue(key, write))
         });
         let Some((landing, leftover)) = committed else {
@@ -269,7 +294,7 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
         let (tx, rx) = oneshot::channel();
         let op = match entry {
             Some(entry) => L2Op::Set(entry),
-            None => L2Op::Delete,
+            None => L2Op::Delete(self.clock.now()),
         };
         let write = Queued::new(op, Some(tx), Some(ticket));
         (removed, Some(rx), lanes.enqueue(key, write), None)

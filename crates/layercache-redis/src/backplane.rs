@@ -1,0 +1,404 @@
+//! The Redis pub/sub backplane: an [`InvalidationTransport`] over one channel.
+//!
+//! Each cache instance publishes its invalidation batches (`PUBLISH`, on a connection manager of
+//! its own) and subscribes to the channel on a dedicated connection; it skips its own batches by
+//! their origin. The subscriber watches its connection (a `PING` every
+//! [`DEFAULT_PING_INTERVAL`]), tells the cache when it is lost (the cache then flushes and caps
+//! its L1) and when it is back (the cache flushes L1 again: messages sent meanwhile are lost, as
+//! pub/sub keeps nothing), and resubscribes with a capped backoff.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use layercache_core::{
+    Error, InvalidationBatch, InvalidationSink, InvalidationTransport, Result, async_trait,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+
+use crate::backend::{
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECONNECT_DELAY,
+};
+use crate::connection::{Connection, Idempotent, Request, redis_error};
+use crate::url::redact;
+
+/// The default channel (`layercache:invalidations`). Caches that share it see each other's
+/// invalidations: give each cache (each value type) a channel of its own.
+pub const DEFAULT_CHANNEL: &str = "layercache:invalidations";
+/// The default interval of the subscriber's `PING` (1 s): a connection that stops answering is
+/// treated as lost after at most about twice this.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A point-in-time view of a [`RedisPubSub`]'s counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PubSubStats {
+    /// Batches published.
+    pub published: u64,
+    /// Batches received from other instances.
+    pub received: u64,
+    /// Messages on the channel that were not batches (read and ignored).
+    pub decode_failures: u64,
+    /// Times the subscription was (re)established.
+    pub subscriptions: u64,
+    /// Times the subscription was lost.
+    pub disconnects: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    published: AtomicU64,
+    received: AtomicU64,
+    decode_failures: AtomicU64,
+    subscriptions: AtomicU64,
+    disconnects: AtomicU64,
+}
+
+/// Builds a [`RedisPubSub`]; see [`RedisPubSub::builder`].
+#[derive(Debug)]
+pub struct RedisPubSubBuilder {
+    url: String,
+    channel: String,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    max_reconnect_delay: Duration,
+    ping_interval: Duration,
+}
+
+impl RedisPubSubBuilder {
+    /// The channel (default [`DEFAULT_CHANNEL`]).
+    #[must_use]
+    pub fn channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = channel.into();
+        self
+    }
+
+    /// The bound on each `PUBLISH` and `PING` (default [`DEFAULT_COMMAND_TIMEOUT`]).
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// The bound on connecting and subscribing (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest pause between attempts to resubscribe (default
+    /// [`DEFAULT_MAX_RECONNECT_DELAY`]).
+    #[must_use]
+    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.max_reconnect_delay = delay;
+        self
+    }
+
+    /// How often the subscriber pings its connection (default [`DEFAULT_PING_INTERVAL`]).
+    #[must_use]
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Makes the transport; it connects when a cache attaches to it. Must be called within a
+    /// tokio runtime. Invalid settings are a `Config` error.
+    pub fn build(self) -> Result<RedisPubSub> {
+        if self.command_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.ping_interval.is_zero()
+            || self.max_reconnect_delay.is_zero()
+        {
+            return Err(Error::config(
+                "the backplane's timeouts, ping interval and reconnect delay must be greater than zero",
+            ));
+        }
+        if self.channel.is_empty() {
+            return Err(Error::config("the backplane's channel must not be empty"));
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "the redis backplane must be built within a tokio runtime",
+            ));
+        }
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
+            Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None)
+            .set_max_delay(self.max_reconnect_delay);
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| redis_error(e).context("creating the backplane's connection"))?;
+        let (connected, _) = watch::channel(false);
+        let (stop, _) = watch::channel(());
+        Ok(RedisPubSub {
+            inner: Arc::new(Inner {
+                client,
+                publisher: Connection::manager(manager, self.command_timeout),
+                redacted_url: redact(&self.url),
+                channel: self.channel,
+                settings: Settings {
+                    command_timeout: self.command_timeout,
+                    connect_timeout: self.connect_timeout,
+                    max_reconnect_delay: self.max_reconnect_delay,
+                    ping_interval: self.ping_interval,
+                },
+                connected: Arc::new(connected),
+                counters: Arc::default(),
+                attached: Mutex::new(false),
+                stop,
+            }),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    max_reconnect_delay: Duration,
+    ping_interval: Duration,
+}
+
+struct Inner {
+    client: redis::Client,
+    publisher: Connection,
+    redacted_url: String,
+    channel: String,
+    settings: Settings,
+    connected: Arc<watch::Sender<bool>>,
+    counters: Arc<Counters>,
+    attached: Mutex<bool>,
+    /// Dropped with the transport: the subscriber task then ends.
+    stop: watch::Sender<()>,
+}
+
+/// The Redis pub/sub invalidation backplane; give it to
+/// `TieredCacheBuilder::invalidation`. One transport serves one cache (one instance); every
+/// instance of the cache uses the same channel.
+///
+/// What it sees: the invalidations of the instances of this library on the channel — not changes
+/// other programs make to Redis (use client tracking for those). Cost: one `PUBLISH` per batch,
+/// delivered to every subscriber (fan-out grows with the instance count), and one connection
+/// per instance. Messages published while an instance is disconnected are lost to it, so it
+/// flushes its L1 when it resubscribes.
+#[derive(Clone)]
+pub struct RedisPubSub {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RedisPubSub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPubSub")
+            .field("url", &self.inner.redacted_url)
+            .field("channel", &self.inner.channel)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl RedisPubSub {
+    /// A builder for the backplane on the Redis at `url`, with the defaults above.
+    pub fn builder(url: impl Into<String>) -> RedisPubSubBuilder {
+        RedisPubSubBuilder {
+            url: url.into(),
+            channel: DEFAULT_CHANNEL.to_owned(),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_reconnect_delay: DEFAULT_MAX_RECONNECT_DELAY,
+            ping_interval: DEFAULT_PING_INTERVAL,
+        }
+    }
+
+    /// Whether the subscription is up now.
+    pub fn is_connected(&self) -> bool {
+        *self.inner.connected.borrow()
+    }
+
+    /// Waits until the subscription is up, at most `timeout`; `true` when it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut connected = self.inner.connected.subscribe();
+        tokio::time::timeout(timeout, connected.wait_for(|up| *up))
+            .await
+            .is_ok_and(|up| up.is_ok())
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> PubSubStats {
+        let c = &self.inner.counters;
+        PubSubStats {
+            published: c.published.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            decode_failures: c.decode_failures.load(Ordering::Relaxed),
+            subscriptions: c.subscriptions.load(Ordering::Relaxed),
+            disconnects: c.disconnects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[async_trait]
+impl InvalidationTransport for RedisPubSub {
+    fn attach(&self, origin: u64, sink: Weak<dyn InvalidationSink>) -> Result<()> {
+        let mut attached = self
+            .inner
+            .attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *attached {
+            return Err(Error::config(
+                "a RedisPubSub transport serves one cache; build one per cache",
+            ));
+        }
+        *attached = true;
+        let subscriber = Subscriber {
+            client: self.inner.client.clone(),
+            channel: self.inner.channel.clone(),
+            settings: self.inner.settings,
+            connected: Arc::clone(&self.inner.connected),
+            counters: Arc::clone(&self.inner.counters),
+            origin,
+            sink,
+            stop: self.inner.stop.subscribe(),
+        };
+        tokio::spawn(subscriber.run());
+        Ok(())
+    }
+
+    async fn publish(&self, batch: &InvalidationBatch) -> Result<()> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(&self.inner.channel).arg(batch.encode());
+        let _: u64 = self
+            .inner
+            .publisher
+            .query(Request::Cmd(&cmd), Idempotent::No)
+            .await?;
+        self.inner
+            .counters
+            .published
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "pubsub"
+    }
+}
+
+/// The subscriber task's state: nothing that keeps the transport alive.
+struct Subscriber {
+    client: redis::Client,
+    channel: String,
+    settings: Settings,
+    connected: Arc<watch::Sender<bool>>,
+    counters: Arc<Counters>,
+    origin: u64,
+    sink: Weak<dyn InvalidationSink>,
+    stop: watch::Receiver<()>,
+}
+
+/// Why a subscription ended.
+enum Ended {
+    Stopped,
+    Lost,
+}
+
+impl Subscriber {
+    async fn run(mut self) {
+        let mut delay = Duration::from_millis(25);
+        let mut told_down = false;
+        loop {
+            if self.sink.strong_count() == 0 {
+                return;
+            }
+            match self.subscribe().await {
+                Ok(pubsub) => {
+                    delay = Duration::from_millis(25);
+                    told_down = false;
+                    self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
+                    self.connected.send_replace(true);
+                    if let Some(sink) = self.sink.upgrade() {
+                        sink.reconnected();
+                    }
+                    let ended = self.listen(pubsub).await;
+                    self.connected.send_replace(false);
+                    if let Ended::Stopped = ended {
+                        return;
+                    }
+                    self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, channel = %self.channel, "subscribing to the backplane failed");
+                }
+            }
+            if !told_down {
+                told_down = true;
+                if let Some(sink) = self.sink.upgrade() {
+                    sink.disconnected();
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = self.stop.changed() => return,
+            }
+            delay = (delay * 2).min(self.settings.max_reconnect_delay);
+        }
+    }
+
+    async fn subscribe(&self) -> Result<redis::aio::PubSub> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        tokio::time::timeout(self.settings.connect_timeout, connect)
+            .await
+            .map_err(|_| Error::timeout("subscribing to the backplane timed out"))?
+            .map_err(redis_error)
+    }
+
+    async fn listen(&mut self, pubsub: redis::aio::PubSub) -> Ended {
+        let (mut control, mut messages) = pubsub.split();
+        let mut ping = tokio::time::interval(self.settings.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { return Ended::Lost };
+                    let Some(sink) = self.sink.upgrade() else { return Ended::Stopped };
+                    match InvalidationBatch::decode(message.get_payload_bytes()) {
+                        Ok(batch) if batch.origin == self.origin => {}
+                        Ok(batch) => {
+                            self.counters.received.fetch_add(1, Ordering::Relaxed);
+                            sink.receive(batch);
+                        }
+                        Err(error) => {
+                            self.counters.decode_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%error, channel = %self.channel, "a message on the backplane is not an invalidation batch; ignored");
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    let answered = tokio::time::timeout(
+                        self.settings.command_timeout,
+                        control.ping::<redis::Value>(),
+                    )
+                    .await;
+                    if !matches!(answered, Ok(Ok(_))) {
+                        tracing::warn!(channel = %self.channel, "the backplane's connection stopped answering");
+                        return Ended::Lost;
+                    }
+                    if self.sink.strong_count() == 0 {
+                        return Ended::Stopped;
+                    }
+                }
+                _ = self.stop.changed() => return Ended::Stopped,
+            }
+        }
+    }
+}

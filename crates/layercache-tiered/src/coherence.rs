@@ -1,0 +1,249 @@
+//! Coherence across instances (ADR 0012): what this cache tells the other instances, what it does
+//! with what they tell it, and when tags were invalidated.
+//!
+//! - **Sending**: a write, delete, clear or tag invalidation queues an [`Invalidation`] once L2
+//!   has it; one publisher task sends what is queued as one batch (no waiting to fill a batch:
+//!   under load, batches grow by themselves).
+//! - **Receiving** (the [`InvalidationSink`] of [`Runtime`]): another instance's key or namespace
+//!   is invalidated like a local write (the version table refuses older loads' stores; the flight
+//!   is detached; L1 drops it), a tag is recorded in [`TagEpochs`], and `All` flushes L1.
+//! - **Disconnected**: L1 is flushed and new entries are capped at the disconnected TTL; on
+//!   reconnect L1 is flushed again (messages may have been missed) and the cap lifted.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use layercache_core::{
+    EntryMeta, Invalidation, InvalidationBatch, InvalidationSink, InvalidationTransport,
+    SharedClock, Timestamp,
+};
+use tokio::sync::mpsc;
+
+use crate::pipeline::Runtime;
+use crate::stats::Counters;
+
+/// The most tag invalidation times kept; past it the oldest tenth is forgotten.
+pub const MAX_TAG_EPOCHS: usize = 100_000;
+/// The most invalidations queued for the publisher; a write waits for room past it.
+pub(crate) const OUTBOX: usize = 10_000;
+/// The most invalidations in one published batch.
+const BATCH: usize = 512;
+
+/// When tags were invalidated. An entry carrying a tag and created at or before the tag's time is
+/// dead: reads skip it in either tier, and a load's store of it is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct TagEpochs {
+    /// Set once a tag was invalidated: until then reads do not look at the map.
+    any: AtomicBool,
+    map: RwLock<HashMap<Arc<str>, Timestamp>>,
+}
+
+impl TagEpochs {
+    /// Whether a tag of `meta` was invalidated at or after its `created_at`.
+    pub(crate) fn invalidates(&self, meta: &EntryMeta) -> bool {
+        if meta.tags.is_empty() || !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        meta.tags.as_slice().iter().any(|tag| {
+            map.get(tag.as_str())
+                .is_some_and(|at| meta.created_at <= *at)
+        })
+    }
+
+    /// Records that `tag` was invalidated at `at` (a later time wins).
+    pub(crate) fn record(&self, tag: Arc<str>, at: Timestamp) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TAG_EPOCHS && !map.contains_key(&tag) {
+            let mut times: Vec<Timestamp> = map.values().copied().collect();
+            times.sort_unstable();
+            let cutoff = times[times.len() / 10];
+            map.retain(|_, t| *t > cutoff);
+        }
+        let slot = map.entry(tag).or_insert(at);
+        *slot = (*slot).max(at);
+        self.any.store(true, Ordering::Release);
+    }
+}
+
+/// A cache's side of its invalidation transport.
+pub(crate) struct Coherence {
+    pub(crate) transport: Arc<dyn InvalidationTransport>,
+    pub(crate) origin: u64,
+    outbox: mpsc::Sender<Invalidation>,
+    /// The cap on L1 entries while the transport is disconnected.
+    pub(crate) disconnected_ttl: Duration,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) name: Arc<str>,
+}
+
+impl std::fmt::Debug for Coherence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coherence")
+            .field("transport", &self.transport)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A random instance id.
+fn instance_id() -> u64 {
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+impl Coherence {
+    /// Starts the publisher task (within a tokio runtime).
+    pub(crate) fn start(
+        transport: Arc<dyn InvalidationTransport>,
+        disconnected_ttl: Duration,
+        name: Arc<str>,
+        clock: SharedClock,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let origin = instance_id();
+        let (outbox, inbox) = mpsc::channel(OUTBOX);
+        tokio::spawn(publish_loop(
+            Arc::clone(&transport),
+            origin,
+            inbox,
+            clock,
+            counters,
+        ));
+        Coherence {
+            transport,
+            origin,
+            outbox,
+            disconnected_ttl,
+            name,
+        }
+    }
+
+    /// Queues `item` for the other instances (waits only while the queue is full).
+    pub(crate) async fn publish(&self, item: Invalidation) {
+        if self.outbox.send(item).await.is_err() {
+            tracing::warn!("the invalidation publisher is gone; other instances are not told");
+        }
+    }
+}
+
+/// Sends what is queued, one batch at a time, until the cache is gone.
+async fn publish_loop(
+    transport: Arc<dyn InvalidationTransport>,
+    origin: u64,
+    mut inbox: mpsc::Receiver<Invalidation>,
+    clock: SharedClock,
+    counters: Arc<Counters>,
+) {
+    let mut items = Vec::with_capacity(BATCH);
+    while inbox.recv_many(&mut items, BATCH).await > 0 {
+        let batch = InvalidationBatch {
+            origin,
+            sent_at: clock.now(),
+            items: std::mem::take(&mut items),
+        };
+        let mut result = transport.publish(&batch).await;
+        if let Err(error) = &result {
+            // One retry: a connection that just dropped is usually back.
+            tracing::debug!(%error, "publishing invalidations failed; retrying once");
+            result = transport.publish(&batch).await;
+        }
+        match result {
+            Ok(()) => {
+                for _ in &batch.items {
+                    counters.bump_invalidations_sent();
+                }
+            }
+            Err(error) => {
+                counters.bump_invalidation_publish_failures();
+                tracing::warn!(%error, items = batch.items.len(), transport = transport.name(),
+                    "invalidations could not be published; other instances keep them up to their L1 cap");
+            }
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> Runtime<V> {
+    /// Drops everything L1 holds; loads under way may no longer store.
+    pub(crate) fn flush_l1(&self) {
+        self.flights.forget_where(|_| true);
+        self.tiers.versions.invalidate_where(
+            |_| true,
+            || {
+                if let Some(l1) = &self.tiers.l1 {
+                    l1.remove_all();
+                }
+            },
+        );
+        self.tiers.counters.bump_l1_flushes();
+    }
+
+    /// Applies one invalidation made elsewhere (another instance, or this cache's tag
+    /// invalidation on its own L1).
+    pub(crate) fn invalidate_here(&self, item: &Invalidation) {
+        let l1 = self.tiers.l1.as_ref();
+        match item {
+            Invalidation::Key(key) => {
+                self.flights.forget(key);
+                self.tiers.versions.invalidate_with(key, || {
+                    l1.map(|l1| l1.remove_entry(key));
+                });
+                self.flights.forget(key);
+            }
+            Invalidation::Namespace(namespace) => {
+                self.flights.forget_where(|key| namespace.contains(key));
+                self.tiers.versions.invalidate_where(
+                    |key| namespace.contains(key),
+                    || l1.map(|l1| l1.remove_namespace(namespace)),
+                );
+                self.flights.forget_where(|key| namespace.contains(key));
+            }
+            Invalidation::Tag { tag, at } => {
+                self.tiers.tags.record(Arc::clone(tag), *at);
+                // A flight's value may carry the tag: callers from now on start their own.
+                self.flights.forget_where(|_| true);
+                if let Some(l1) = l1 {
+                    l1.remove_where(|_, entry| self.tiers.tags.invalidates(&entry.meta));
+                }
+            }
+            Invalidation::All => self.flush_l1(),
+            _ => self.flush_l1(),
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> InvalidationSink for Runtime<V> {
+    fn receive(&self, batch: InvalidationBatch) {
+        #[cfg(feature = "metrics")]
+        if let Some(coherence) = &self.coherence {
+            let delay = self.now().saturating_since(batch.sent_at);
+            metrics::histogram!("layercache_invalidation_delay_seconds",
+                "cache" => coherence.name.to_string(), "transport" => coherence.transport.name())
+            .record(delay.as_secs_f64());
+        }
+        for item in &batch.items {
+            self.tiers.counters.bump_invalidations_received();
+            self.invalidate_here(item);
+        }
+    }
+
+    fn disconnected(&self) {
+        if let (Some(l1), Some(coherence)) = (&self.tiers.l1, &self.coherence) {
+            l1.cap_time_to_live(Some(coherence.disconnected_ttl));
+        }
+        self.flush_l1();
+        tracing::warn!("the invalidation transport disconnected: L1 flushed and capped");
+    }
+
+    fn reconnected(&self) {
+        self.flush_l1();
+        if let Some(l1) = &self.tiers.l1 {
+            l1.cap_time_to_live(None);
+        }
+        tracing::info!("the invalidation transport reconnected: L1 flushed");
+    }
+}
