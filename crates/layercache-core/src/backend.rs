@@ -23,7 +23,7 @@ use crate::key::{Key, Namespace};
 /// - [`clear`](Backend::clear) removes the keys of one [`Namespace`] and nothing else.
 /// - A shared tier keeps order across processes: [`invalidate`](Backend::invalidate) leaves a
 ///   tombstone, and [`set_if_newer`](Backend::set_if_newer) refuses an entry created at or before
-///   a tombstone, or before the entry it would replace. An in-process tier needs neither (the
+///   the tombstone or entry it would replace. An in-process tier needs neither (the
 ///   cache's version table orders its own process) and keeps the defaults.
 ///
 /// The `layercache-testkit` crate's conformance suite checks this contract for any backend.
@@ -68,9 +68,9 @@ where
     }
 
     /// Stores `entry` — produced by a load whose source read began at its `created_at` — unless
-    /// the tier holds something newer: an entry created after it, or a tombstone
-    /// ([`invalidate`](Self::invalidate)) at or after it. `true` when it stored. The default
-    /// stores unconditionally.
+    /// the tier holds an entry or a tombstone ([`invalidate`](Self::invalidate)) created at or
+    /// after that moment (on a tie the load gives way: it only costs a later L2 hit). `true`
+    /// when it stored. The default stores unconditionally.
     async fn set_if_newer(&self, key: &Key, entry: Entry<V>) -> Result<bool> {
         self.set(key, entry).await.map(|()| true)
     }

@@ -31,16 +31,16 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// Tags to the keys stored with them and the longest TTL among those (ms).
 type TagGroups<'a> = std::collections::BTreeMap<&'a str, (Vec<&'a str>, u64)>;
 
-/// Stores an envelope unless the key holds a newer one: an entry created after it, or a
-/// tombstone at or after it (ADR 0012). KEYS[1]; ARGV: the envelope, its PX, its `created_at` in
+/// Stores an envelope unless the key holds one (an entry or a tombstone) created at or after it
+/// (ADR 0012): on a tie, in the same millisecond, the load's store gives way. KEYS[1]; ARGV: the envelope, its PX, its `created_at` in
 /// ms. Foreign bytes are replaced. Answers 1 when it stored.
 const SET_IF_NEWER: &str = r"
 local cur = redis.call('GET', KEYS[1])
-if cur and string.len(cur) >= 14 and string.sub(cur, 1, 3) == 'LC' then
+if cur and string.len(cur) >= 14 and string.sub(cur, 1, 3) == '\202LC' then
   local stamp = 0
   for i = 14, 7, -1 do stamp = stamp * 256 + string.byte(cur, i) end
   local new = tonumber(ARGV[3])
-  if stamp > new or (stamp == new and string.byte(cur, 6) == 1) then return 0 end
+  if stamp >= new then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
