@@ -27,8 +27,13 @@ use crate::key::{Key, Namespace};
 pub enum Invalidation {
     /// A key was written or deleted.
     Key(Key),
-    /// Every key of a namespace was removed.
-    Namespace(Namespace),
+    /// Every key of a namespace was removed; entries of it created at or before `at` are invalid.
+    Namespace {
+        /// The namespace.
+        namespace: Namespace,
+        /// When it was cleared.
+        at: Timestamp,
+    },
     /// Every entry carrying the tag and created at or before `at` is invalid.
     Tag {
         /// The tag.
@@ -83,8 +88,9 @@ impl InvalidationBatch {
                     out.push(b'K');
                     text(&mut out, key.as_str());
                 }
-                Invalidation::Namespace(namespace) => {
+                Invalidation::Namespace { namespace, at } => {
                     out.push(b'N');
+                    out.extend_from_slice(&at.as_millis().to_le_bytes());
                     text(&mut out, namespace.scope());
                 }
                 Invalidation::Tag { tag, at } => {
@@ -119,7 +125,13 @@ impl InvalidationBatch {
                 b'K' => Invalidation::Key(
                     Key::with_max_len(text(&mut r)?, usize::MAX).map_err(|_| corrupt())?,
                 ),
-                b'N' => Invalidation::Namespace(Namespace::from_scope(&text(&mut r)?)),
+                b'N' => {
+                    let at = Timestamp::from_millis(r.u64()?);
+                    Invalidation::Namespace {
+                        namespace: Namespace::from_scope(&text(&mut r)?),
+                        at,
+                    }
+                }
                 b'T' => {
                     let at = Timestamp::from_millis(r.u64()?);
                     Invalidation::Tag {
@@ -247,7 +259,10 @@ mod tests {
             sent_at: Timestamp::from_millis(42),
             items: vec![
                 Invalidation::Key(ns.key("ü:1\n2").unwrap()),
-                Invalidation::Namespace(ns.clone()),
+                Invalidation::Namespace {
+                    namespace: ns.clone(),
+                    at: Timestamp::from_millis(40),
+                },
                 Invalidation::Tag {
                     tag: "tenant:9".into(),
                     at: Timestamp::from_millis(41),
@@ -258,7 +273,10 @@ mod tests {
         let bytes = batch.encode();
         let back = InvalidationBatch::decode(&bytes).unwrap();
         assert_eq!(back, batch);
-        let Invalidation::Namespace(back_ns) = &back.items[1] else {
+        let Invalidation::Namespace {
+            namespace: back_ns, ..
+        } = &back.items[1]
+        else {
             panic!("not a namespace");
         };
         assert!(back_ns.contains(&ns.key(5).unwrap()));

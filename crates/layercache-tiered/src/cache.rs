@@ -327,11 +327,18 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
     /// held, or the L2 error.
     pub async fn clear(&self, namespace: &Namespace) -> Result<u64> {
         let flights = &self.runtime.flights;
+        let at = self.runtime.now();
+        // Loads of other instances that began before may store in L2 after the clear's scan:
+        // entries made before `at` are dead to every instance that knows of it.
+        self.runtime.tiers.epochs.namespace(namespace, at);
         flights.forget_where(|key| namespace.contains(key));
         let result = self.runtime.tiers.clear(namespace).await;
         flights.forget_where(|key| namespace.contains(key));
-        self.publish(Invalidation::Namespace(namespace.clone()))
-            .await;
+        self.publish(Invalidation::Namespace {
+            namespace: namespace.clone(),
+            at,
+        })
+        .await;
         result
     }
 

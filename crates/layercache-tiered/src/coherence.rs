@@ -6,7 +6,7 @@
 //!   under load, batches grow by themselves).
 //! - **Receiving** (the [`InvalidationSink`] of [`Runtime`]): another instance's key or namespace
 //!   is invalidated like a local write (the version table refuses older loads' stores; the flight
-//!   is detached; L1 drops it), a tag is recorded in [`TagEpochs`], and `All` flushes L1.
+//!   is detached; L1 drops it), a tag or namespace is recorded in [`Epochs`], and `All` flushes L1.
 //! - **Disconnected**: L1 is flushed and new entries are capped at the disconnected TTL; on
 //!   reconnect L1 is flushed again (messages may have been missed) and the cap lifted.
 
@@ -17,8 +17,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use layercache_core::{
-    EntryMeta, Invalidation, InvalidationBatch, InvalidationSink, InvalidationTransport,
-    SharedClock, Timestamp,
+    EntryMeta, Invalidation, InvalidationBatch, InvalidationSink, InvalidationTransport, Key,
+    Namespace, SharedClock, Timestamp,
 };
 use tokio::sync::mpsc;
 
@@ -27,44 +27,80 @@ use crate::stats::Counters;
 
 /// The most tag invalidation times kept; past it the oldest tenth is forgotten.
 pub const MAX_TAG_EPOCHS: usize = 100_000;
+/// The most namespace clear times kept; past it the oldest is forgotten.
+pub const MAX_NAMESPACE_EPOCHS: usize = 1_024;
 /// The most invalidations queued for the publisher; a write waits for room past it.
 pub(crate) const OUTBOX: usize = 10_000;
 /// The most invalidations in one published batch.
 const BATCH: usize = 512;
 
-/// When tags were invalidated. An entry carrying a tag and created at or before the tag's time is
-/// dead: reads skip it in either tier, and a load's store of it is dropped.
+/// When tags and namespaces were invalidated. An entry created at or before the invalidation of
+/// one of its tags, or of its namespace, is dead in L2: reads skip it and a load's store of it is
+/// dropped. (L1 needs no check: an invalidation removes what L1 holds, under the version table's
+/// locks, so no store slips in behind it.)
 #[derive(Debug, Default)]
-pub(crate) struct TagEpochs {
-    /// Set once a tag was invalidated: until then reads do not look at the map.
+pub(crate) struct Epochs {
+    /// Set once anything was invalidated: until then reads do not look further.
     any: AtomicBool,
-    map: RwLock<HashMap<Arc<str>, Timestamp>>,
+    tags: RwLock<HashMap<Arc<str>, Timestamp>>,
+    namespaces: RwLock<Vec<(Namespace, Timestamp)>>,
 }
 
-impl TagEpochs {
-    /// Whether a tag of `meta` was invalidated at or after its `created_at`.
-    pub(crate) fn invalidates(&self, meta: &EntryMeta) -> bool {
-        if meta.tags.is_empty() || !self.any.load(Ordering::Acquire) {
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Epochs {
+    /// Whether `entry` of `key` was created at or before an invalidation of one of its tags or
+    /// of its namespace.
+    pub(crate) fn invalidate(&self, key: &Key, meta: &EntryMeta) -> bool {
+        if !self.any.load(Ordering::Acquire) {
             return false;
         }
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        meta.tags.as_slice().iter().any(|tag| {
-            map.get(tag.as_str())
-                .is_some_and(|at| meta.created_at <= *at)
-        })
+        let by_tag = !meta.tags.is_empty() && {
+            let tags = read(&self.tags);
+            meta.tags.as_slice().iter().any(|tag| {
+                tags.get(tag.as_str())
+                    .is_some_and(|at| meta.created_at <= *at)
+            })
+        };
+        by_tag
+            || read(&self.namespaces)
+                .iter()
+                .any(|(namespace, at)| meta.created_at <= *at && namespace.contains(key))
     }
 
     /// Records that `tag` was invalidated at `at` (a later time wins).
-    pub(crate) fn record(&self, tag: Arc<str>, at: Timestamp) {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TAG_EPOCHS && !map.contains_key(&tag) {
-            let mut times: Vec<Timestamp> = map.values().copied().collect();
+    pub(crate) fn tag(&self, tag: Arc<str>, at: Timestamp) {
+        let mut tags = write(&self.tags);
+        if tags.len() >= MAX_TAG_EPOCHS && !tags.contains_key(&tag) {
+            let mut times: Vec<Timestamp> = tags.values().copied().collect();
             times.sort_unstable();
             let cutoff = times[times.len() / 10];
-            map.retain(|_, t| *t > cutoff);
+            tags.retain(|_, t| *t > cutoff);
         }
-        let slot = map.entry(tag).or_insert(at);
+        let slot = tags.entry(tag).or_insert(at);
         *slot = (*slot).max(at);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Records that `namespace` was cleared at `at` (a later time wins).
+    pub(crate) fn namespace(&self, namespace: &Namespace, at: Timestamp) {
+        let mut namespaces = write(&self.namespaces);
+        match namespaces.iter_mut().find(|(ns, _)| ns == namespace) {
+            Some((_, when)) => *when = (*when).max(at),
+            None => {
+                if namespaces.len() >= MAX_NAMESPACE_EPOCHS {
+                    namespaces.sort_unstable_by_key(|(_, at)| std::cmp::Reverse(*at));
+                    namespaces.truncate(MAX_NAMESPACE_EPOCHS - 1);
+                }
+                namespaces.push((namespace.clone(), at));
+            }
+        }
         self.any.store(true, Ordering::Release);
     }
 }
@@ -194,7 +230,8 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                 });
                 self.flights.forget(key);
             }
-            Invalidation::Namespace(namespace) => {
+            Invalidation::Namespace { namespace, at } => {
+                self.tiers.epochs.namespace(namespace, *at);
                 self.flights.forget_where(|key| namespace.contains(key));
                 self.tiers.versions.invalidate_where(
                     |key| namespace.contains(key),
@@ -203,12 +240,20 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                 self.flights.forget_where(|key| namespace.contains(key));
             }
             Invalidation::Tag { tag, at } => {
-                self.tiers.tags.record(Arc::clone(tag), *at);
-                // A flight's value may carry the tag: callers from now on start their own.
+                let epochs = &self.tiers.epochs;
+                epochs.tag(Arc::clone(tag), *at);
+                // Any flight's value may carry the tag: callers from now on start their own, and
+                // loads under way may not store in L1 (their L2 stores meet the epoch). Under
+                // every lock of the version table, so no store slips in behind the scan.
                 self.flights.forget_where(|_| true);
-                if let Some(l1) = l1 {
-                    l1.remove_where(|_, entry| self.tiers.tags.invalidates(&entry.meta));
-                }
+                self.tiers.versions.invalidate_where(
+                    |_| true,
+                    || {
+                        l1.map(|l1| {
+                            l1.remove_where(|key, entry| epochs.invalidate(key, &entry.meta))
+                        })
+                    },
+                );
             }
             Invalidation::All => self.flush_l1(),
             _ => self.flush_l1(),

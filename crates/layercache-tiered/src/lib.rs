@@ -67,6 +67,6 @@ pub use builder::{
 pub use bulk::{DEFAULT_WARM_BATCH, DEFAULT_WARM_CONCURRENCY, WarmOutcome, WarmReport};
 pub use cache::{DEFAULT_SHUTDOWN_TIMEOUT, TieredCache, WriteIntent};
 pub use circuit::{CircuitState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
-pub use coherence::MAX_TAG_EPOCHS;
+pub use coherence::{MAX_NAMESPACE_EPOCHS, MAX_TAG_EPOCHS};
 pub use loaded::Loaded;
 pub use stats::TieredStats;

@@ -20,7 +20,7 @@ use layercache_moka::MokaBackend;
 use tokio::sync::oneshot;
 
 use crate::circuit::CircuitBreaker;
-use crate::coherence::TagEpochs;
+use crate::coherence::Epochs;
 use crate::lanes::{L2Op, Lanes, Leftover, Queued};
 use crate::stats::Counters;
 
@@ -38,8 +38,8 @@ pub(crate) struct Tiers<V> {
     pub(crate) versions: Arc<Versions>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) clock: SharedClock,
-    /// When tags were invalidated: entries carrying one and created at or before are dead.
-    pub(crate) tags: TagEpochs,
+    /// When tags and namespaces were invalidated: L2 entries created at or before are dead.
+    pub(crate) epochs: Epochs,
     /// How long a delete's tombstone in L2 refuses older loads' stores.
     pub(crate) window: Duration,
 }
@@ -92,21 +92,14 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
             versions: Arc::new(Versions::new()),
             counters,
             clock,
-            tags: TagEpochs::default(),
+            epochs: Epochs::default(),
             window,
         })
     }
 
-    /// The L1 entry of `key` live at `now`, without a future (the hit path). An entry whose tag
-    /// was invalidated since it was made is removed and reads as a miss.
+    /// The L1 entry of `key` live at `now`, without a future (the hit path).
     pub(crate) fn l1_entry_at(&self, key: &Key, now: Timestamp) -> Option<Stored<V>> {
-        let l1 = self.l1.as_ref()?;
-        let entry = l1.lookup_at(key, now)?;
-        if self.tags.invalidates(&entry.meta) {
-            l1.remove_entry(key);
-            return None;
-        }
-        Some(entry)
+        self.l1.as_ref()?.lookup_at(key, now)
     }
 
     /// The L1 entry of `key` live now, without a future.
@@ -119,7 +112,7 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
         let l2 = self.l2.as_ref()?;
         match self.breaker.call(&self.counters, l2.get(key)).await {
             Ok(found) => {
-                let found = found.filter(|entry| !self.tags.invalidates(&entry.meta));
+                let found = found.filter(|entry| !self.epochs.invalidate(key, &entry.meta));
                 self.count_l2_read(found.is_some());
                 found
             }
@@ -155,7 +148,8 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
             Ok(found) => {
                 let found: Vec<_> = found
                     .into_iter()
-                    .map(|e| e.filter(|entry| !self.tags.invalidates(&entry.meta)))
+                    .zip(keys)
+                    .map(|(e, key)| e.filter(|entry| !self.epochs.invalidate(key, &entry.meta)))
                     .collect();
                 found.iter().for_each(|e| self.count_l2_read(e.is_some()));
                 found
@@ -203,7 +197,7 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
     /// began since `ticket` was taken. With no L1, waits until L2 has it (L2 is the only copy).
     pub(crate) async fn store(&self, ticket: &Ticket, entry: Stored<V>) {
         let key = ticket.key();
-        if self.tags.invalidates(&entry.meta) {
+        if self.epochs.invalidate(key, &entry.meta) {
             self.counters.bump_stores_skipped();
             return;
         }

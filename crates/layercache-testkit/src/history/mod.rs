@@ -280,6 +280,8 @@ impl fmt::Display for CheckReport {
 #[derive(Debug)]
 pub struct History {
     clock: AtomicU64,
+    /// Set for a [timed](History::timed) history: ticks are nanoseconds since this instant.
+    origin: Option<Instant>,
     shards: Box<[Mutex<Vec<Op>>]>,
 }
 
@@ -294,14 +296,36 @@ impl History {
     pub fn new() -> Self {
         History {
             clock: AtomicU64::new(1),
+            origin: None,
             shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    /// An empty history whose ticks are nanoseconds since it was made (still distinct and
+    /// increasing), so that [`check_with_lag`](Self::check_with_lag) can allow a delay: for
+    /// caches kept coherent across instances by messages that take time to arrive.
+    pub fn timed() -> Self {
+        History {
+            origin: Some(Instant::now()),
+            ..Self::new()
         }
     }
 
     /// The next tick of the shared clock. Every call returns a distinct, larger number, and a
     /// tick taken after another call returned is larger than that call's tick, across threads.
     pub fn tick(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::SeqCst)
+        let Some(origin) = self.origin else {
+            return self.clock.fetch_add(1, Ordering::SeqCst);
+        };
+        let now = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        let next = |last: u64| now.max(last + 1);
+        // `fetch_update` answers the value it replaced; the tick is what it stored.
+        match self
+            .clock
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(next(last)))
+        {
+            Ok(last) | Err(last) => next(last),
+        }
     }
 
     /// Records an operation. Thread-safe and cheap: records are spread over several buffers by
@@ -338,6 +362,15 @@ impl History {
     /// (`end < read.start`) before it started. Operations still being recorded by other threads
     /// are not seen.
     pub fn check(&self) -> CheckReport {
+        self.check_with_lag(Duration::ZERO)
+    }
+
+    /// [`check`](Self::check), judging a read only against the writes and invalidations that
+    /// completed at least `lag` before it started (`end + lag < read.start`): the rule for
+    /// several instances whose invalidations reach each other within `lag`. Needs a
+    /// [timed](Self::timed) history (on a counting one, `lag` counts ticks, as nanoseconds).
+    pub fn check_with_lag(&self, lag: Duration) -> CheckReport {
+        let lag = u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX);
         let started = Instant::now();
         let ops = self.collect();
 
@@ -385,7 +418,7 @@ impl History {
             }
             for &r in &per_key.reads {
                 let read = ops[r];
-                let completed = ends.partition_point(|&end| end < read.start);
+                let completed = ends.partition_point(|&end| end.saturating_add(lag) < read.start);
                 let Some(&at) = completed
                     .checked_sub(1)
                     .and_then(|last| strongest.get(last))

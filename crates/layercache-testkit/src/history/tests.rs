@@ -370,3 +370,26 @@ fn records_from_many_threads() {
     report.assert_clean();
     assert_eq!(report.reads, 8_000);
 }
+
+#[test]
+fn a_lag_forgives_reads_that_start_within_it_and_only_those() {
+    let history = History::timed();
+    let (start, end) = (history.tick(), history.tick());
+    history.record(Op::write(1, start, end, 2));
+    let (start, end) = (history.tick(), history.tick());
+    history.record(Op::read(1, start, end, Some(1)));
+    assert!(end > start && start > 0, "timed ticks increase");
+    assert_eq!(history.check().violations.len(), 1, "stale without a lag");
+    assert!(
+        history
+            .check_with_lag(std::time::Duration::from_secs(60))
+            .is_clean(),
+        "within the lag"
+    );
+    // A read that starts after the lag has passed is judged again.
+    let later = history.tick() + 2_000_000_000;
+    history.record(Op::read(1, later, later + 1, Some(1)));
+    let report = history.check_with_lag(std::time::Duration::from_secs(1));
+    assert_eq!(report.violations.len(), 1);
+    assert_eq!(report.violations[0].read.start, later);
+}

@@ -76,7 +76,8 @@ impl VersionedSource {
 
 /// What the tasks share.
 struct World {
-    cache: TieredCache<u64>,
+    /// The instances: each operation runs on one picked at random.
+    caches: Vec<TieredCache<u64>>,
     source: Arc<VersionedSource>,
     keys: Vec<Key>,
     namespace: Namespace,
@@ -106,6 +107,9 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
     let mut rng = Rng(seed);
     let mut counts = Counts::default();
     let h = &world.history;
+    // Across instances, write-through writers of a key race at the source the way cache-aside
+    // writers do (one instance's claim cannot see another's): serialize them like those.
+    let shared_write_through = world.caches.len() == 1;
     let fail = |what: &str, error: layercache_core::Error| {
         // The first few are printed: a failed call is left out of the history, so it must be rare.
         if world.failures.fetch_add(1, Ordering::Relaxed) < 5 {
@@ -116,6 +120,7 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
         let index = rng.below(KEYS as u64) as usize;
         let id = index as u32;
         let key = &world.keys[index];
+        let cache = &world.caches[rng.below(world.caches.len() as u64) as usize];
         match rng.below(100) {
             // ~60%: a read through the cache, loading from the source on a miss.
             0..60 => {
@@ -123,8 +128,7 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
                 let pause = Duration::from_millis(LOAD_MS.0 + rng.below(LOAD_MS.1 - LOAD_MS.0 + 1));
                 let world_for_load = Arc::clone(&world);
                 let start = h.tick();
-                let result = world
-                    .cache
+                let result = cache
                     .get_or_load(key, move |_key: Key| async move {
                         world_for_load.loads.fetch_add(1, Ordering::Relaxed);
                         // Read the source first, then take a while: by the time this load stores,
@@ -145,11 +149,15 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
             }
             // ~15%: a write-through, by hand: claim the key, write the source, write the cache.
             60..75 => {
-                let _writer = world.writers[index].read().await;
+                let (_shared, _exclusive) = if shared_write_through {
+                    (Some(world.writers[index].read().await), None)
+                } else {
+                    (None, Some(world.writers[index].write().await))
+                };
                 let start = h.tick();
-                let intent = world.cache.begin_write(key);
+                let intent = cache.begin_write(key);
                 let version = world.source.bump(index);
-                let result = world.cache.set_after(intent, Some(version)).await;
+                let result = cache.set_after(intent, Some(version)).await;
                 let end = h.tick();
                 match result {
                     Ok(stored) => {
@@ -165,7 +173,7 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
                 let _writer = world.writers[index].write().await;
                 let start = h.tick();
                 let version = world.source.bump(index);
-                let result = world.cache.set(key, version).await;
+                let result = cache.set(key, version).await;
                 let end = h.tick();
                 match result {
                     Ok(()) => {
@@ -180,7 +188,7 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
             85..95 => {
                 let start = h.tick();
                 let floor = world.source.current(index);
-                let result = world.cache.delete(key).await;
+                let result = cache.delete(key).await;
                 let end = h.tick();
                 match result {
                     Ok(_) => {
@@ -194,7 +202,7 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
             _ => {
                 let start = h.tick();
                 let floors: Vec<u64> = (0..KEYS).map(|k| world.source.current(k)).collect();
-                let result = world.cache.clear(&world.namespace).await;
+                let result = cache.clear(&world.namespace).await;
                 let end = h.tick();
                 match result {
                     Ok(_) => {
@@ -211,25 +219,30 @@ async fn run_task(world: Arc<World>, seed: u64, operations: usize) -> Counts {
     counts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_loads_writes_deletes_and_clears_never_serve_an_outdated_version() {
-    let server = RedisServer::start();
-    let cache: TieredCache<u64> = TieredCache::builder()
-        .name("linearizable")
-        .redis_url(server.url())
+/// The delay bound the multi-instance runs hold a transport to: a read that starts this long after
+/// a write or invalidation on another instance returned must see it. (Measured p99 on loopback
+/// is a few milliseconds; the bound leaves room for a loaded 2-core CI machine.)
+const LAG: Duration = Duration::from_millis(250);
+
+fn builder(url: &str, name: &str) -> layercache_tiered::TieredCacheBuilder<u64> {
+    TieredCache::builder()
+        .name(name)
+        .redis_url(url)
         // The history leaves failed calls out, so none may fail: a busy CI machine must not turn
         // a slow round trip into a failed write (faults have tests of their own).
         .l2_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+}
+
+/// Runs the workload over `caches` and checks the history (with `lag` between instances).
+async fn run_and_check(what: &str, caches: Vec<TieredCache<u64>>, history: History, lag: Duration) {
     let namespace = unique_space().namespace("linearizable").unwrap();
     let keys = (0..KEYS).map(|i| namespace.key(i).unwrap()).collect();
     let world = Arc::new(World {
-        cache: cache.clone(),
+        caches,
         source: Arc::new(VersionedSource::new(KEYS)),
         keys,
         namespace,
-        history: History::new(),
+        history,
         writers: (0..KEYS).map(|_| RwLock::new(())).collect(),
         loads: AtomicU64::new(0),
         failures: AtomicU64::new(0),
@@ -254,12 +267,14 @@ async fn concurrent_loads_writes_deletes_and_clears_never_serve_an_outdated_vers
     }
     let ran = started.elapsed();
 
-    let report = world.history.check();
+    let report = world.history.check_with_lag(lag);
     let failures = world.failures.load(Ordering::Relaxed);
     eprintln!(
-        "linearizable: {} operations in {ran:?} ({} reads, {} loads, {} write-throughs of which \
-         {} raced, {} sets, {} deletes, {} clears, {failures} failed calls); history of {} \
-         operations ({} reads) checked in {:?}: {} violation(s)",
+        "linearizable ({what}, {} instance(s), lag {lag:?}): {} operations in {ran:?} ({} reads, \
+         {} loads, {} write-throughs of which {} raced, {} sets, {} deletes, {} clears, \
+         {failures} failed calls); history of {} operations ({} reads) checked in {:?}: {} \
+         violation(s)",
+        world.caches.len(),
         OPERATIONS / TASKS * TASKS,
         counts.reads,
         world.loads.load(Ordering::Relaxed),
@@ -273,12 +288,65 @@ async fn concurrent_loads_writes_deletes_and_clears_never_serve_an_outdated_vers
         report.elapsed,
         report.violations.len(),
     );
+    for cache in &world.caches {
+        let s = cache.stats();
+        eprintln!(
+            "  {}: {} invalidations sent, {} received, {} L2 stores refused",
+            cache.name(),
+            s.invalidations_sent,
+            s.invalidations_received,
+            s.l2_stores_refused
+        );
+    }
     report.assert_clean();
     // Redis runs locally and nothing fails it: every call succeeds, so the history is complete.
     assert_eq!(failures, 0, "calls failed");
     assert_eq!(report.reads as u64, counts.reads);
     // The race the version table must win did happen: loads ran while the keys were written.
     assert!(world.loads.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_writes_deletes_and_clears_never_serve_an_outdated_version() {
+    let server = RedisServer::start();
+    let cache = builder(&server.url(), "linearizable").build().unwrap();
+    run_and_check("one process", vec![cache], History::new(), Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_the_memory_transport_serve_nothing_older_than_the_lag() {
+    let server = RedisServer::start();
+    let transport = layercache_core::MemoryTransport::new();
+    let caches = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            builder(&server.url(), name)
+                .invalidation(transport.clone())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    run_and_check("memory transport", caches, History::timed(), LAG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_the_pubsub_backplane_serve_nothing_older_than_the_lag() {
+    let server = RedisServer::start();
+    let mut caches = Vec::new();
+    for name in ["a", "b", "c"] {
+        let transport = layercache_redis::RedisPubSub::builder(server.url())
+            .channel("linearizable")
+            .build()
+            .unwrap();
+        caches.push(
+            builder(&server.url(), name)
+                .invalidation(transport.clone())
+                .build()
+                .unwrap(),
+        );
+        assert!(transport.wait_connected(Duration::from_secs(10)).await);
+    }
+    run_and_check("pub/sub backplane", caches, History::timed(), LAG).await;
 }
 
 /// The smallest history the test above finds broken, step by step: a load reads the source, the
