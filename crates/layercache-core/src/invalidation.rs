@@ -178,6 +178,12 @@ pub trait InvalidationTransport: Send + Sync + fmt::Debug {
     /// Sends `batch` to every other attached instance.
     async fn publish(&self, batch: &InvalidationBatch) -> Result<()>;
 
+    /// Whether the cache must [`publish`](Self::publish) its invalidations (`false` when the
+    /// server tells every instance by itself, as Redis client tracking does).
+    fn publishes(&self) -> bool {
+        true
+    }
+
     /// A short name for logs and metric labels (`"memory"`, `"pubsub"`, `"tracking"`).
     fn name(&self) -> &'static str;
 }

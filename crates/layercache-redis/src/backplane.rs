@@ -23,6 +23,7 @@ use crate::backend::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECONNECT_DELAY,
 };
 use crate::connection::{Connection, Idempotent, Request, redis_error};
+use crate::link::{Ended, Link, LinkState, Session};
 use crate::url::redact;
 
 /// The default channel (`layercache:invalidations`). Caches that share it see each other's
@@ -53,8 +54,6 @@ struct Counters {
     published: AtomicU64,
     received: AtomicU64,
     decode_failures: AtomicU64,
-    subscriptions: AtomicU64,
-    disconnects: AtomicU64,
 }
 
 /// Builds a [`RedisPubSub`]; see [`RedisPubSub::builder`].
@@ -150,6 +149,7 @@ impl RedisPubSubBuilder {
                 },
                 connected: Arc::new(connected),
                 counters: Arc::default(),
+                link: Arc::default(),
                 attached: Mutex::new(false),
                 stop,
             }),
@@ -173,6 +173,7 @@ struct Inner {
     settings: Settings,
     connected: Arc<watch::Sender<bool>>,
     counters: Arc<Counters>,
+    link: Arc<LinkState>,
     attached: Mutex<bool>,
     /// Dropped with the transport: the subscriber task then ends.
     stop: watch::Sender<()>,
@@ -235,8 +236,8 @@ impl RedisPubSub {
             published: c.published.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             decode_failures: c.decode_failures.load(Ordering::Relaxed),
-            subscriptions: c.subscriptions.load(Ordering::Relaxed),
-            disconnects: c.disconnects.load(Ordering::Relaxed),
+            subscriptions: self.inner.link.sessions.load(Ordering::Relaxed),
+            disconnects: self.inner.link.disconnects.load(Ordering::Relaxed),
         }
     }
 }
@@ -255,17 +256,22 @@ impl InvalidationTransport for RedisPubSub {
             ));
         }
         *attached = true;
-        let subscriber = Subscriber {
-            client: self.inner.client.clone(),
-            channel: self.inner.channel.clone(),
-            settings: self.inner.settings,
-            connected: Arc::clone(&self.inner.connected),
-            counters: Arc::clone(&self.inner.counters),
-            origin,
+        let link = Link {
+            session: Subscriber {
+                client: self.inner.client.clone(),
+                channel: self.inner.channel.clone(),
+                settings: self.inner.settings,
+                counters: Arc::clone(&self.inner.counters),
+                origin,
+            },
             sink,
+            connected: Arc::clone(&self.inner.connected),
+            state: Arc::clone(&self.inner.link),
             stop: self.inner.stop.subscribe(),
+            max_delay: self.inner.settings.max_reconnect_delay,
+            what: "pubsub",
         };
-        tokio::spawn(subscriber.run());
+        tokio::spawn(link.run());
         Ok(())
     }
 
@@ -289,67 +295,19 @@ impl InvalidationTransport for RedisPubSub {
     }
 }
 
-/// The subscriber task's state: nothing that keeps the transport alive.
+/// The backplane's side of its link: subscribe, then deliver what arrives and ping.
 struct Subscriber {
     client: redis::Client,
     channel: String,
     settings: Settings,
-    connected: Arc<watch::Sender<bool>>,
     counters: Arc<Counters>,
     origin: u64,
-    sink: Weak<dyn InvalidationSink>,
-    stop: watch::Receiver<()>,
 }
 
-/// Why a subscription ended.
-enum Ended {
-    Stopped,
-    Lost,
-}
+impl Session for Subscriber {
+    type Conn = redis::aio::PubSub;
 
-impl Subscriber {
-    async fn run(mut self) {
-        let mut delay = Duration::from_millis(25);
-        let mut told_down = false;
-        loop {
-            if self.sink.strong_count() == 0 {
-                return;
-            }
-            match self.subscribe().await {
-                Ok(pubsub) => {
-                    delay = Duration::from_millis(25);
-                    told_down = false;
-                    self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
-                    self.connected.send_replace(true);
-                    if let Some(sink) = self.sink.upgrade() {
-                        sink.reconnected();
-                    }
-                    let ended = self.listen(pubsub).await;
-                    self.connected.send_replace(false);
-                    if let Ended::Stopped = ended {
-                        return;
-                    }
-                    self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    tracing::debug!(%error, channel = %self.channel, "subscribing to the backplane failed");
-                }
-            }
-            if !told_down {
-                told_down = true;
-                if let Some(sink) = self.sink.upgrade() {
-                    sink.disconnected();
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                _ = self.stop.changed() => return,
-            }
-            delay = (delay * 2).min(self.settings.max_reconnect_delay);
-        }
-    }
-
-    async fn subscribe(&self) -> Result<redis::aio::PubSub> {
+    async fn connect(&mut self) -> Result<redis::aio::PubSub> {
         let connect = async {
             let mut pubsub = self.client.get_async_pubsub().await?;
             pubsub.subscribe(&self.channel).await?;
@@ -361,7 +319,12 @@ impl Subscriber {
             .map_err(redis_error)
     }
 
-    async fn listen(&mut self, pubsub: redis::aio::PubSub) -> Ended {
+    async fn listen(
+        &mut self,
+        pubsub: redis::aio::PubSub,
+        sink: &Weak<dyn InvalidationSink>,
+        stop: &mut watch::Receiver<()>,
+    ) -> Ended {
         let (mut control, mut messages) = pubsub.split();
         let mut ping = tokio::time::interval(self.settings.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -370,7 +333,7 @@ impl Subscriber {
             tokio::select! {
                 message = messages.next() => {
                     let Some(message) = message else { return Ended::Lost };
-                    let Some(sink) = self.sink.upgrade() else { return Ended::Stopped };
+                    let Some(sink) = sink.upgrade() else { return Ended::Stopped };
                     match InvalidationBatch::decode(message.get_payload_bytes()) {
                         Ok(batch) if batch.origin == self.origin => {}
                         Ok(batch) => {
@@ -390,14 +353,13 @@ impl Subscriber {
                     )
                     .await;
                     if !matches!(answered, Ok(Ok(_))) {
-                        tracing::warn!(channel = %self.channel, "the backplane's connection stopped answering");
                         return Ended::Lost;
                     }
-                    if self.sink.strong_count() == 0 {
+                    if sink.strong_count() == 0 {
                         return Ended::Stopped;
                     }
                 }
-                _ = self.stop.changed() => return Ended::Stopped,
+                _ = stop.changed() => return Ended::Stopped,
             }
         }
     }

@@ -27,8 +27,10 @@
 mod backend;
 mod backplane;
 mod connection;
+mod link;
 mod lock;
 mod stream;
+mod tracking;
 mod url;
 
 pub use backend::{
@@ -44,3 +46,4 @@ pub use stream::{
     DEFAULT_JOURNAL_GROUP, DEFAULT_JOURNAL_POOL_SIZE, DEFAULT_MAX_BLOCK, RedisWriteJournal,
     RedisWriteJournalBuilder,
 };
+pub use tracking::{RedisTracking, RedisTrackingBuilder, TRACKING_CLIENT_NAME, TrackingStats};

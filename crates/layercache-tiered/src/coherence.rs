@@ -109,7 +109,8 @@ impl Epochs {
 pub(crate) struct Coherence {
     pub(crate) transport: Arc<dyn InvalidationTransport>,
     pub(crate) origin: u64,
-    outbox: mpsc::Sender<Invalidation>,
+    /// The publisher's queue (`None`: the transport needs no publishing).
+    outbox: Option<mpsc::Sender<Invalidation>>,
     /// The cap on L1 entries while the transport is disconnected.
     pub(crate) disconnected_ttl: Duration,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -142,14 +143,17 @@ impl Coherence {
         counters: Arc<Counters>,
     ) -> Self {
         let origin = instance_id();
-        let (outbox, inbox) = mpsc::channel(OUTBOX);
-        tokio::spawn(publish_loop(
-            Arc::clone(&transport),
-            origin,
-            inbox,
-            clock,
-            counters,
-        ));
+        let outbox = transport.publishes().then(|| {
+            let (outbox, inbox) = mpsc::channel(OUTBOX);
+            tokio::spawn(publish_loop(
+                Arc::clone(&transport),
+                origin,
+                inbox,
+                clock,
+                counters,
+            ));
+            outbox
+        });
         Coherence {
             transport,
             origin,
@@ -161,7 +165,8 @@ impl Coherence {
 
     /// Queues `item` for the other instances (waits only while the queue is full).
     pub(crate) async fn publish(&self, item: Invalidation) {
-        if self.outbox.send(item).await.is_err() {
+        let Some(outbox) = &self.outbox else { return };
+        if outbox.send(item).await.is_err() {
             tracing::warn!("the invalidation publisher is gone; other instances are not told");
         }
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use layercache_core::{EntryOptions, Key, MemoryTransport, envelope};
-use layercache_redis::RedisPubSub;
+use layercache_redis::{RedisPubSub, RedisTracking, TRACKING_CLIENT_NAME};
 use layercache_testkit::RedisServer;
 use layercache_testkit::conformance::unique_space;
 use layercache_tiered::{TieredCache, TieredCacheBuilder};
@@ -59,6 +59,30 @@ async fn pubsub_trio(url: &str, channel: &str) -> (Vec<TieredCache<String>>, Vec
     }
     for transport in &transports {
         assert!(transport.wait_connected(BOUND).await, "subscribed");
+    }
+    (caches, transports)
+}
+
+/// Three instances over the Redis at `url`, each with client tracking on, connected before this
+/// returns.
+async fn tracking_trio(url: &str) -> (Vec<TieredCache<String>>, Vec<RedisTracking>) {
+    let mut caches = Vec::new();
+    let mut transports = Vec::new();
+    for name in ["a", "b", "c"] {
+        let transport = RedisTracking::builder(url)
+            .ping_interval(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        caches.push(
+            builder(url, name)
+                .invalidation(transport.clone())
+                .build()
+                .unwrap(),
+        );
+        transports.push(transport);
+    }
+    for transport in &transports {
+        assert!(transport.wait_connected(BOUND).await, "tracking on");
     }
     (caches, transports)
 }
@@ -118,7 +142,10 @@ async fn writes_reach_the_other_instances(caches: &[TieredCache<String>], what: 
         let stats = other.stats();
         assert!(stats.invalidations_received >= 1_000, "{stats:?}");
     }
-    assert!(a.stats().invalidations_sent >= 1_000);
+    // Client tracking needs no publishing: the server tells every instance.
+    if what != "tracking" {
+        assert!(a.stats().invalidations_sent >= 1_000);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,6 +161,90 @@ async fn three_instances_with_the_pubsub_backplane_see_every_write() {
     let (caches, transports) = pubsub_trio(&server.url(), "coherence:writes").await;
     writes_reach_the_other_instances(&caches, "pubsub").await;
     assert!(transports[1].stats().received > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_client_tracking_see_every_write() {
+    let server = RedisServer::start();
+    let (caches, transports) = tracking_trio(&server.url()).await;
+    writes_reach_the_other_instances(&caches, "tracking").await;
+    assert!(transports[1].stats().keys_invalidated >= 1_000);
+}
+
+async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_by_a_plain_redis_client_leaves_the_l1_of_a_tracking_instance() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let (caches, _transports) = tracking_trio(&url).await;
+    let (a, b) = (&caches[0], &caches[1]);
+    let mut plain = admin(&url).await;
+    let ns = unique_space().namespace("plain").unwrap();
+    let mut delays = Vec::new();
+    for i in 0..100 {
+        let key = ns.key(i).unwrap();
+        a.set(&key, "cached".to_owned()).await.unwrap();
+        // B holds it in L1 (after A's own invalidation message went by).
+        wait_for_value(b, &key, "cached").await;
+        // Another program, which knows nothing of envelopes, overwrites or deletes the key.
+        let changed = if i % 2 == 0 {
+            let _: () = redis::cmd("SET")
+                .arg(key.as_str())
+                .arg("{\"written\":\"by python\"}")
+                .query_async(&mut plain)
+                .await
+                .unwrap();
+            Instant::now()
+        } else {
+            let _: u64 = redis::cmd("DEL")
+                .arg(key.as_str())
+                .query_async(&mut plain)
+                .await
+                .unwrap();
+            Instant::now()
+        };
+        loop {
+            // Foreign bytes read as a miss: B serves nothing once it learned of the change.
+            if b.get(&key).await.unwrap().is_none() {
+                delays.push(changed.elapsed());
+                break;
+            }
+            assert!(changed.elapsed() < BOUND, "B still serves the old value");
+            tokio::task::yield_now().await;
+        }
+    }
+    delays.sort();
+    eprintln!(
+        "coherence (tracking, plain client): 100 changes left B's L1 after p50 {:?}, p99 {:?}, max {:?}",
+        percentile(&delays, 0.5),
+        percentile(&delays, 0.99),
+        delays[delays.len() - 1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_of_the_database_flushes_the_l1_of_a_tracking_instance() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let (caches, transports) = tracking_trio(&url).await;
+    let key = unique_space().namespace("flush").unwrap().key(1).unwrap();
+    caches[0].set(&key, "v".to_owned()).await.unwrap();
+    wait_for_value(&caches[1], &key, "v").await;
+    let flushes = caches[1].stats().l1_flushes;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut admin(&url).await)
+        .await
+        .unwrap();
+    wait_for(|| caches[1].stats().l1_flushes > flushes).await;
+    assert_eq!(caches[1].get(&key).await.unwrap(), None);
+    assert!(transports[1].stats().flushes >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,22 +293,100 @@ async fn wait_for(condition: impl Fn() -> bool) {
     }
 }
 
+/// Kills the transports' connections: every pub/sub client, or every tracking connection.
+async fn kill(admin: &mut redis::aio::MultiplexedConnection, tracking: bool) {
+    if !tracking {
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(admin)
+            .await
+            .unwrap();
+        return;
+    }
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(admin)
+        .await
+        .unwrap();
+    for line in clients.lines() {
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        if field("name").as_deref() == Some(TRACKING_CLIENT_NAME)
+            && let Some(id) = field("id")
+        {
+            let _: redis::Value = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async(admin)
+                .await
+                .unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backplane_connection_flushes_and_caps_l1_and_invalidation_works_after() {
     let server = RedisServer::start();
-    let url = server.url();
-    let (caches, transports) = pubsub_trio(&url, "coherence:kill").await;
+    let (caches, transports) = pubsub_trio(&server.url(), "coherence:kill").await;
+    let stats = |i: usize| {
+        (
+            transports[i].stats().subscriptions,
+            transports[i].stats().disconnects,
+        )
+    };
+    let before = stats(1);
+    kills_flush_and_cap_l1(&server.url(), &caches, false).await;
+    assert!(transports[1].wait_connected(BOUND).await);
+    let after = stats(1);
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "{before:?} -> {after:?}"
+    );
+    after_the_kills_invalidation_works(&caches).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tracking_connection_flushes_and_caps_l1_and_invalidation_works_after() {
+    let server = RedisServer::start();
+    let (caches, transports) = tracking_trio(&server.url()).await;
+    let before = transports[1].stats();
+    kills_flush_and_cap_l1(&server.url(), &caches, true).await;
+    assert!(transports[1].wait_connected(BOUND).await);
+    let after = transports[1].stats();
+    assert!(after.sessions > before.sessions && after.disconnects > before.disconnects);
+    after_the_kills_invalidation_works(&caches).await;
+}
+
+async fn after_the_kills_invalidation_works(caches: &[TieredCache<String>]) {
+    let (a, b) = (&caches[0], &caches[1]);
+    let key = unique_space()
+        .namespace("after-kill")
+        .unwrap()
+        .key(1)
+        .unwrap();
+    a.set(&key, "after".to_owned()).await.unwrap();
+    wait_for_value(b, &key, "after").await;
+    // Cached in B's L1 (from L2), then replaced through A: B must learn it by message.
+    a.set(&key, "after-2".to_owned()).await.unwrap();
+    wait_for_value(b, &key, "after-2").await;
+}
+
+async fn kills_flush_and_cap_l1(url: &str, caches: &[TieredCache<String>], tracking: bool) {
     let (a, b) = (&caches[0], &caches[1]);
     let key = unique_space().namespace("kill").unwrap().key(1).unwrap();
     a.set(&key, "w0".to_owned()).await.unwrap();
     assert_eq!(b.get(&key).await.unwrap().as_deref(), Some("w0"));
     let flushes = b.stats().l1_flushes;
-    let subscriptions = transports[1].stats().subscriptions;
 
-    // Kill every subscriber connection again and again for 1.5 s while A writes and B reads: B
+    // Kill the transports' connections again and again for 1.5 s while A writes and B reads: B
     // may serve a value A replaced only within the disconnected cap (1 s) plus its reconnection.
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let mut admin = admin(url).await;
     let cap = layercache_tiered::DEFAULT_DISCONNECTED_L1_TTL;
     let started = Instant::now();
     let mut written: Vec<(String, Instant)> = Vec::new();
@@ -205,13 +394,7 @@ async fn a_killed_backplane_connection_flushes_and_caps_l1_and_invalidation_work
     let mut worst = Duration::ZERO;
     while started.elapsed() < Duration::from_millis(1_500) {
         if round % 10 == 0 {
-            let _: redis::Value = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("pubsub")
-                .query_async(&mut admin)
-                .await
-                .unwrap();
+            kill(&mut admin, tracking).await;
         }
         round += 1;
         let value = format!("w{round}");
@@ -230,7 +413,7 @@ async fn a_killed_backplane_connection_flushes_and_caps_l1_and_invalidation_work
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     eprintln!(
-        "coherence (kill): {round} writes, longest stale read {worst:?} (cap {cap:?}), B flushed L1 {} times",
+        "coherence (kill, tracking: {tracking}): {round} writes, longest stale read {worst:?} (cap {cap:?}), B flushed L1 {} times",
         b.stats().l1_flushes - flushes
     );
     assert!(
@@ -238,16 +421,6 @@ async fn a_killed_backplane_connection_flushes_and_caps_l1_and_invalidation_work
         "a stale read lasted {worst:?}, past the cap {cap:?}"
     );
     assert!(b.stats().l1_flushes > flushes, "L1 was flushed");
-
-    // After the kills stop, the backplane is back and invalidation works again.
-    assert!(transports[1].wait_connected(BOUND).await);
-    assert!(transports[1].stats().subscriptions > subscriptions);
-    assert!(transports[1].stats().disconnects >= 1);
-    a.set(&key, "after".to_owned()).await.unwrap();
-    assert_eq!(b.get(&key).await.unwrap().as_deref(), Some("after"));
-    // Cached again in B's L1 (from L2), then replaced through A: B must learn it by message.
-    a.set(&key, "after-2".to_owned()).await.unwrap();
-    wait_for_value(b, &key, "after-2").await;
 }
 
 async fn wait_for_value(cache: &TieredCache<String>, key: &Key, value: &str) {

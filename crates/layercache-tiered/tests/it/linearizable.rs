@@ -418,3 +418,22 @@ async fn a_read_after_an_invalidation_does_not_join_a_load_that_read_the_source_
         "B began after the source held v2 and the delete returned"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_client_tracking_serve_nothing_older_than_the_lag() {
+    let server = RedisServer::start();
+    let mut caches = Vec::new();
+    for name in ["a", "b", "c"] {
+        let transport = layercache_redis::RedisTracking::builder(server.url())
+            .build()
+            .unwrap();
+        caches.push(
+            builder(&server.url(), name)
+                .invalidation(transport.clone())
+                .build()
+                .unwrap(),
+        );
+        assert!(transport.wait_connected(Duration::from_secs(10)).await);
+    }
+    run_and_check("client tracking", caches, History::timed(), LAG).await;
+}

@@ -1,0 +1,407 @@
+//! Redis client tracking as an [`InvalidationTransport`]: the server itself tells each instance
+//! which keys changed, whoever changed them.
+//!
+//! A connection of its own speaks RESP3 and turns on `CLIENT TRACKING ON BCAST [PREFIX p]...
+//! NOLOOP`: from then on every change to a key under the prefixes, by any client in any language,
+//! arrives as an `invalidate` push message, which the cache applies like another instance's
+//! invalidation. A null invalidation (`FLUSHALL`, `FLUSHDB`) flushes L1. The connection is
+//! watched with a `PING` every [`DEFAULT_PING_INTERVAL`](crate::DEFAULT_PING_INTERVAL); when it
+//! drops the cache flushes and caps L1 until it is back.
+//!
+//! **The race between an invalidation and the reply it invalidates.** The invalidation travels on
+//! the tracking connection, the value on the data connection: an instance may read a key, the key
+//! may change, and the invalidation may arrive *before* the read's reply. Nothing is lost: the
+//! read took a ticket in the cache's version table before it asked Redis, the invalidation bumps
+//! the key's version, and the refill of the older value is refused.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use layercache_core::{
+    Clock, Error, Invalidation, InvalidationBatch, InvalidationSink, InvalidationTransport, Key,
+    Result, SystemClock, async_trait,
+};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::{
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECONNECT_DELAY,
+};
+use crate::backplane::DEFAULT_PING_INTERVAL;
+use crate::connection::redis_error;
+use crate::link::{Ended, Link, LinkState, Session};
+use crate::url::redact;
+
+/// The client name the tracking connection gives itself (`CLIENT SETNAME`), to find it in
+/// `CLIENT LIST`.
+pub const TRACKING_CLIENT_NAME: &str = "layercache-tracking";
+
+/// A point-in-time view of a [`RedisTracking`]'s counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TrackingStats {
+    /// Keys the server said changed.
+    pub keys_invalidated: u64,
+    /// Null invalidations (a flush of the database): each flushed L1.
+    pub flushes: u64,
+    /// Times tracking was (re)established.
+    pub sessions: u64,
+    /// Times the tracking connection was lost.
+    pub disconnects: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    keys: AtomicU64,
+    flushes: AtomicU64,
+}
+
+/// Builds a [`RedisTracking`]; see [`RedisTracking::builder`].
+#[derive(Debug)]
+pub struct RedisTrackingBuilder {
+    url: String,
+    prefixes: Vec<String>,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    max_reconnect_delay: Duration,
+    ping_interval: Duration,
+}
+
+impl RedisTrackingBuilder {
+    /// Tracks only keys starting with `prefix` (call it once per prefix; default: every key).
+    /// Give the cache's key space prefix, so that other keys cost no messages.
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefixes.push(prefix.into());
+        self
+    }
+
+    /// The bound on each `PING` (default [`DEFAULT_COMMAND_TIMEOUT`]).
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// The bound on connecting and turning tracking on (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest pause between attempts to reconnect (default
+    /// [`DEFAULT_MAX_RECONNECT_DELAY`]).
+    #[must_use]
+    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.max_reconnect_delay = delay;
+        self
+    }
+
+    /// How often the tracking connection is pinged (default [`DEFAULT_PING_INTERVAL`]).
+    #[must_use]
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Makes the transport; it connects when a cache attaches to it. Invalid settings are a
+    /// `Config` error.
+    pub fn build(self) -> Result<RedisTracking> {
+        if self.command_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.ping_interval.is_zero()
+            || self.max_reconnect_delay.is_zero()
+        {
+            return Err(Error::config(
+                "client tracking's timeouts, ping interval and reconnect delay must be greater than zero",
+            ));
+        }
+        if self.prefixes.iter().any(String::is_empty) {
+            return Err(Error::config("a tracking prefix must not be empty"));
+        }
+        // RESP3 is what carries push messages.
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        let resp3 = format!("{}{separator}protocol=resp3", self.url);
+        let client = redis::Client::open(resp3.as_str()).map_err(|e| {
+            Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
+        })?;
+        let (connected, _) = watch::channel(false);
+        let (stop, _) = watch::channel(());
+        Ok(RedisTracking {
+            inner: Arc::new(Inner {
+                client,
+                redacted_url: redact(&self.url),
+                prefixes: self.prefixes,
+                command_timeout: self.command_timeout,
+                connect_timeout: self.connect_timeout,
+                max_reconnect_delay: self.max_reconnect_delay,
+                ping_interval: self.ping_interval,
+                connected: Arc::new(connected),
+                counters: Arc::default(),
+                link: Arc::default(),
+                attached: Mutex::new(false),
+                stop,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    client: redis::Client,
+    redacted_url: String,
+    prefixes: Vec<String>,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    max_reconnect_delay: Duration,
+    ping_interval: Duration,
+    connected: Arc<watch::Sender<bool>>,
+    counters: Arc<Counters>,
+    link: Arc<LinkState>,
+    attached: Mutex<bool>,
+    /// Dropped with the transport: the tracking task then ends.
+    stop: watch::Sender<()>,
+}
+
+/// Redis client tracking (RESP3 push messages) as the invalidation transport; give it to
+/// `TieredCacheBuilder::invalidation`. One transport serves one cache.
+///
+/// What it sees: **every** change to a tracked key, by any client — this library's other
+/// instances, other services, `redis-cli` — and database flushes. What it costs: the server
+/// sends a message per changed key to every tracking connection (the instance's own changes
+/// too, so after its own write an instance reads the key from L2 once more), and one connection
+/// per instance. It needs Redis 6 or later and carries only keys: a tag or namespace
+/// invalidation reaches the other instances through the keys it removes from Redis. Pick the
+/// pub/sub backplane when only this library writes the keys and fewer messages matter; pick
+/// tracking when anything else may change them.
+#[derive(Clone)]
+pub struct RedisTracking {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RedisTracking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTracking")
+            .field("url", &self.inner.redacted_url)
+            .field("prefixes", &self.inner.prefixes)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl RedisTracking {
+    /// A builder for client tracking on the Redis at `url`, with the defaults above.
+    pub fn builder(url: impl Into<String>) -> RedisTrackingBuilder {
+        RedisTrackingBuilder {
+            url: url.into(),
+            prefixes: Vec::new(),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_reconnect_delay: DEFAULT_MAX_RECONNECT_DELAY,
+            ping_interval: DEFAULT_PING_INTERVAL,
+        }
+    }
+
+    /// Whether tracking is on now.
+    pub fn is_connected(&self) -> bool {
+        *self.inner.connected.borrow()
+    }
+
+    /// Waits until tracking is on, at most `timeout`; `true` when it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut connected = self.inner.connected.subscribe();
+        tokio::time::timeout(timeout, connected.wait_for(|up| *up))
+            .await
+            .is_ok_and(|up| up.is_ok())
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> TrackingStats {
+        let c = &self.inner.counters;
+        TrackingStats {
+            keys_invalidated: c.keys.load(Ordering::Relaxed),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            sessions: self.inner.link.sessions.load(Ordering::Relaxed),
+            disconnects: self.inner.link.disconnects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[async_trait]
+impl InvalidationTransport for RedisTracking {
+    fn attach(&self, _origin: u64, sink: Weak<dyn InvalidationSink>) -> Result<()> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "client tracking must be attached within a tokio runtime",
+            ));
+        }
+        let mut attached = self
+            .inner
+            .attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *attached {
+            return Err(Error::config(
+                "a RedisTracking transport serves one cache; build one per cache",
+            ));
+        }
+        *attached = true;
+        let inner = &self.inner;
+        let link = Link {
+            session: Tracker {
+                client: inner.client.clone(),
+                prefixes: inner.prefixes.clone(),
+                command_timeout: inner.command_timeout,
+                connect_timeout: inner.connect_timeout,
+                ping_interval: inner.ping_interval,
+                counters: Arc::clone(&inner.counters),
+            },
+            sink,
+            connected: Arc::clone(&inner.connected),
+            state: Arc::clone(&inner.link),
+            stop: inner.stop.subscribe(),
+            max_delay: inner.max_reconnect_delay,
+            what: "tracking",
+        };
+        tokio::spawn(link.run());
+        Ok(())
+    }
+
+    async fn publish(&self, _batch: &InvalidationBatch) -> Result<()> {
+        Ok(())
+    }
+
+    fn publishes(&self) -> bool {
+        false
+    }
+
+    fn name(&self) -> &'static str {
+        "tracking"
+    }
+}
+
+/// Tracking's side of its link.
+struct Tracker {
+    client: redis::Client,
+    prefixes: Vec<String>,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    ping_interval: Duration,
+    counters: Arc<Counters>,
+}
+
+type Tracked = (MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>);
+
+impl Session for Tracker {
+    type Conn = Tracked;
+
+    async fn connect(&mut self) -> Result<Tracked> {
+        let (pushes, received) = mpsc::unbounded_channel();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None)
+            .set_push_sender(pushes);
+        let connect = async {
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(TRACKING_CLIENT_NAME)
+                .query_async::<()>(&mut conn)
+                .await?;
+            let mut tracking = redis::cmd("CLIENT");
+            tracking.arg("TRACKING").arg("ON").arg("BCAST");
+            for prefix in &self.prefixes {
+                tracking.arg("PREFIX").arg(prefix);
+            }
+            tracking.arg("NOLOOP");
+            tracking.query_async::<()>(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let conn = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| Error::timeout("turning client tracking on timed out"))?
+            .map_err(|e| redis_error(e).context("turning client tracking on"))?;
+        Ok((conn, received))
+    }
+
+    async fn listen(
+        &mut self,
+        (mut conn, mut pushes): Tracked,
+        sink: &Weak<dyn InvalidationSink>,
+        stop: &mut watch::Receiver<()>,
+    ) -> Ended {
+        let mut ping = tokio::time::interval(self.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                push = pushes.recv() => {
+                    let Some(push) = push else { return Ended::Lost };
+                    let Some(sink) = sink.upgrade() else { return Ended::Stopped };
+                    match push.kind {
+                        PushKind::Invalidate => {
+                            let items = self.invalidations(&push.data);
+                            if !items.is_empty() {
+                                sink.receive(InvalidationBatch {
+                                    origin: 0,
+                                    sent_at: SystemClock.now(),
+                                    items,
+                                });
+                            }
+                        }
+                        PushKind::Disconnection => return Ended::Lost,
+                        _ => {}
+                    }
+                }
+                _ = ping.tick() => {
+                    let answered = tokio::time::timeout(
+                        self.command_timeout,
+                        redis::cmd("PING").query_async::<Value>(&mut conn),
+                    )
+                    .await;
+                    if !matches!(answered, Ok(Ok(_))) {
+                        return Ended::Lost;
+                    }
+                    if sink.strong_count() == 0 {
+                        return Ended::Stopped;
+                    }
+                }
+                _ = stop.changed() => return Ended::Stopped,
+            }
+        }
+    }
+}
+
+impl Tracker {
+    /// The invalidations in an `invalidate` push: its keys, or everything for a null one.
+    fn invalidations(&self, data: &[Value]) -> Vec<Invalidation> {
+        match data.first() {
+            Some(Value::Array(keys)) => {
+                let keys: Vec<Invalidation> = keys
+                    .iter()
+                    .filter_map(|key| match key {
+                        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+                        Value::SimpleString(text) => Some(text.as_str()),
+                        _ => None,
+                    })
+                    .filter_map(|key| Key::with_max_len(key, usize::MAX).ok())
+                    .map(Invalidation::Key)
+                    .collect();
+                self.counters
+                    .keys
+                    .fetch_add(keys.len() as u64, Ordering::Relaxed);
+                keys
+            }
+            _ => {
+                self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+                vec![Invalidation::All]
+            }
+        }
+    }
+}
