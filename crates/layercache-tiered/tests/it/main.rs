@@ -11,6 +11,7 @@ mod latency;
 mod linearizable;
 mod memory;
 mod metrics;
+mod processes;
 mod symptoms;
 
 use std::sync::Arc;
