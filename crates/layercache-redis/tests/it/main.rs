@@ -4,6 +4,7 @@
 
 mod conformance;
 mod faults;
+mod ordering;
 
 use std::sync::OnceLock;
 
