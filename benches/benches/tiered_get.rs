@@ -7,6 +7,9 @@
 //!   count).
 //! - `l1_hit`: `TieredCache::<Arc<Payload>>::get_or_load` of one key present in L1 (a cache built with
 //!   `.redis_url(..)`, the key stored with `set`); the loader is never called (checked).
+//! - `l1_hit_with_tracking`: `l1_hit` on a cache whose L1 is kept coherent by Redis client
+//!   tracking (`RedisTracking`, ADR 0012): the transport must cost nothing on the hit path (goal:
+//!   ≤ 1.05× `l1_hit`).
 //! - `redis_raw`: redis-rs GET on a `ConnectionManager` + `serde_json::from_slice` into an
 //!   `Arc<Payload>`,
 //!   cycling over [`L2_KEYS`] keys.
@@ -189,9 +192,41 @@ fn tiered_get(c: &mut Criterion) {
         .redis_url(server.url())
         .build()
         .expect("tiered cache");
+    // A key of its own: another cache's write of `l1_key` would reach this one's L1.
+    let tracked_key = ns.key("l1_hit_tracked").expect("key");
+    let tracking = layercache_redis::RedisTracking::builder(server.url())
+        .build()
+        .expect("client tracking");
+    let tracked_cache: TieredCache<Arc<Payload>> = TieredCache::builder()
+        .options(EntryOptions::new(TTL))
+        .redis_url(server.url())
+        .invalidation(tracking.clone())
+        .build()
+        .expect("tiered cache with tracking");
     drop(runtime_context);
 
     rt.block_on(async {
+        assert!(tracking.wait_connected(Duration::from_secs(10)).await);
+        tracked_cache
+            .set(&tracked_key, payload.clone())
+            .await
+            .expect("tiered set");
+        // Tracking echoes the cache's own write (it drops the key from L1 once): wait for it,
+        // then read the key back into L1.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tracking.stats().keys_invalidated == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "tracking never reported the write"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let first = tracked_cache.get_or_load_from(&tracked_key, &loader).await;
+        assert_eq!(first.expect("read").as_ref(), Some(&payload));
+        let before = tracked_cache.stats().l1_hits;
+        let hit = tracked_cache.get_or_load_from(&tracked_key, &loader).await;
+        assert_eq!(hit.expect("l1 hit").as_ref(), Some(&payload));
+        assert_eq!(tracked_cache.stats().l1_hits, before + 1, "an L1 hit");
         moka_raw.insert(moka_key.clone(), payload.clone()).await;
         l1_cache
             .set(&l1_key, payload.clone())
@@ -230,6 +265,17 @@ fn tiered_get(c: &mut Criterion) {
             black_box(
                 l1_cache
                     .get_or_load_from(black_box(&l1_key), &loader)
+                    .await
+                    .unwrap(),
+            )
+        });
+    });
+
+    group.bench_function("l1_hit_with_tracking", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                tracked_cache
+                    .get_or_load_from(black_box(&tracked_key), &loader)
                     .await
                     .unwrap(),
             )
