@@ -339,6 +339,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
             at,
         })
         .await;
+        self.runtime.pass(at).await;
         result
     }
 
@@ -370,16 +371,13 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
             None => Ok(0),
         };
         self.publish(item).await;
-        // Writes after the return must be newer than the invalidation: let the clock pass it.
-        while runtime.now() <= at {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        runtime.pass(at).await;
         result.map_err(|error| error.context(format!("invalidating tag {tag} in L2")))
     }
 
-    /// Waits until every pending L2 write has landed (at most [`DEFAULT_SHUTDOWN_TIMEOUT`]); an
-    /// `Unavailable` error says how many keys still had writes pending (logged too). Call it
-    /// before the process exits.
+    /// Waits until every pending L2 write has landed and every invalidation was published (at most
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`]); an `Unavailable` error says how many keys still had writes
+    /// pending (logged too). Call it before the process exits.
     pub async fn shutdown(&self) -> Result<()> {
         self.shutdown_within(DEFAULT_SHUTDOWN_TIMEOUT).await
     }
@@ -388,8 +386,24 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
     pub async fn shutdown_within(&self, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         let pending = self.runtime.tiers.drain(timeout).await;
-        if pending == 0 {
+        let unpublished = match &self.runtime.coherence {
+            Some(coherence) => {
+                coherence
+                    .drain(timeout.saturating_sub(started.elapsed()))
+                    .await
+            }
+            None => 0,
+        };
+        if unpublished > 0 {
+            tracing::warn!(unpublished, cache = %self.name, "shutdown with invalidations not yet published");
+        }
+        if pending == 0 && unpublished == 0 {
             return Ok(());
+        }
+        if pending == 0 {
+            return Err(Error::unavailable(format!(
+                "{unpublished} invalidations were still unpublished after {timeout:?}"
+            )));
         }
         tracing::warn!(pending, waited = ?started.elapsed(), cache = %self.name, "shutdown with L2 writes still pending");
         Err(Error::unavailable(format!(

@@ -111,6 +111,8 @@ pub(crate) struct Coherence {
     pub(crate) origin: u64,
     /// The publisher's queue (`None`: the transport needs no publishing).
     outbox: Option<mpsc::Sender<Invalidation>>,
+    /// Invalidations queued and not yet published (or given up), and a signal when none are.
+    pending: Arc<Pending>,
     /// The cap on L1 entries while the transport is disconnected.
     pub(crate) disconnected_ttl: Duration,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -143,6 +145,7 @@ impl Coherence {
         counters: Arc<Counters>,
     ) -> Self {
         let origin = instance_id();
+        let pending = Arc::new(Pending::default());
         let outbox = transport.publishes().then(|| {
             let (outbox, inbox) = mpsc::channel(OUTBOX);
             tokio::spawn(publish_loop(
@@ -151,6 +154,7 @@ impl Coherence {
                 inbox,
                 clock,
                 counters,
+                Arc::clone(&pending),
             ));
             outbox
         });
@@ -158,16 +162,55 @@ impl Coherence {
             transport,
             origin,
             outbox,
+            pending,
             disconnected_ttl,
             name,
+        }
+    }
+
+    /// Waits until every queued invalidation was published (or given up), at most `timeout`;
+    /// returns how many are still queued.
+    pub(crate) async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        loop {
+            let idle = self.pending.idle.notified();
+            let left = self.pending.count.load(Ordering::Acquire);
+            if left == 0 {
+                return 0;
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                        return self.pending.count.load(Ordering::Acquire);
+                    }
+                }
+                None => idle.await,
+            }
         }
     }
 
     /// Queues `item` for the other instances (waits only while the queue is full).
     pub(crate) async fn publish(&self, item: Invalidation) {
         let Some(outbox) = &self.outbox else { return };
+        self.pending.count.fetch_add(1, Ordering::AcqRel);
         if outbox.send(item).await.is_err() {
+            self.pending.done(1);
             tracing::warn!("the invalidation publisher is gone; other instances are not told");
+        }
+    }
+}
+
+/// Invalidations queued and not yet published.
+#[derive(Debug, Default)]
+struct Pending {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn done(&self, n: usize) {
+        if self.count.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
         }
     }
 }
@@ -179,6 +222,7 @@ async fn publish_loop(
     mut inbox: mpsc::Receiver<Invalidation>,
     clock: SharedClock,
     counters: Arc<Counters>,
+    pending: Arc<Pending>,
 ) {
     let mut items = Vec::with_capacity(BATCH);
     while inbox.recv_many(&mut items, BATCH).await > 0 {
@@ -205,10 +249,23 @@ async fn publish_loop(
                     "invalidations could not be published; other instances keep them up to their L1 cap");
             }
         }
+        pending.done(batch.items.len());
     }
 }
 
 impl<V: Clone + Send + Sync + 'static> Runtime<V> {
+    /// Returns once the clock has passed `at` (a millisecond at most on a real clock; a clock
+    /// that does not move, in tests, is waited for a few ticks only): what is written after an
+    /// invalidation returns is then newer than it, to every instance.
+    pub(crate) async fn pass(&self, at: Timestamp) {
+        for _ in 0..5 {
+            if self.now() > at {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Drops everything L1 holds; loads under way may no longer store.
     pub(crate) fn flush_l1(&self) {
         self.flights.forget_where(|_| true);
