@@ -3,13 +3,13 @@
 //! Each cache instance publishes its invalidation batches (`PUBLISH`, on a connection manager of
 //! its own) and subscribes to the channel on a dedicated connection; it skips its own batches by
 //! their origin. The subscriber watches its connection (a `PING` every
-//! [`DEFAULT_PING_INTERVAL`]), tells the cache when it is lost (the cache then flushes and caps
+//! [`DEFAULT_PING_INTERVAL`](crate::DEFAULT_PING_INTERVAL)), tells the cache when it is lost (the cache then flushes and caps
 //! its L1) and when it is back (the cache flushes L1 again: messages sent meanwhile are lost, as
 //! pub/sub keeps nothing), and resubscribes with a capped backoff.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -19,19 +19,13 @@ use layercache_core::{
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 
-use crate::backend::{
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECONNECT_DELAY,
-};
 use crate::connection::{Connection, Idempotent, Request, redis_error};
-use crate::link::{Ended, Link, LinkState, Session};
+use crate::link::{Ended, LinkHandle, LinkSettings, Session, link_setters};
 use crate::url::redact;
 
 /// The default channel (`layercache:invalidations`). Caches that share it see each other's
 /// invalidations: give each cache (each value type) a channel of its own.
 pub const DEFAULT_CHANNEL: &str = "layercache:invalidations";
-/// The default interval of the subscriber's `PING` (1 s): a connection that stops answering is
-/// treated as lost after at most about twice this.
-pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A point-in-time view of a [`RedisPubSub`]'s counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,10 +55,7 @@ struct Counters {
 pub struct RedisPubSubBuilder {
     url: String,
     channel: String,
-    command_timeout: Duration,
-    connect_timeout: Duration,
-    max_reconnect_delay: Duration,
-    ping_interval: Duration,
+    settings: LinkSettings,
 }
 
 impl RedisPubSubBuilder {
@@ -75,47 +66,12 @@ impl RedisPubSubBuilder {
         self
     }
 
-    /// The bound on each `PUBLISH` and `PING` (default [`DEFAULT_COMMAND_TIMEOUT`]).
-    #[must_use]
-    pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout;
-        self
-    }
-
-    /// The bound on connecting and subscribing (default [`DEFAULT_CONNECT_TIMEOUT`]).
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// The longest pause between attempts to resubscribe (default
-    /// [`DEFAULT_MAX_RECONNECT_DELAY`]).
-    #[must_use]
-    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
-        self.max_reconnect_delay = delay;
-        self
-    }
-
-    /// How often the subscriber pings its connection (default [`DEFAULT_PING_INTERVAL`]).
-    #[must_use]
-    pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = interval;
-        self
-    }
+    link_setters!();
 
     /// Makes the transport; it connects when a cache attaches to it. Must be called within a
     /// tokio runtime. Invalid settings are a `Config` error.
     pub fn build(self) -> Result<RedisPubSub> {
-        if self.command_timeout.is_zero()
-            || self.connect_timeout.is_zero()
-            || self.ping_interval.is_zero()
-            || self.max_reconnect_delay.is_zero()
-        {
-            return Err(Error::config(
-                "the backplane's timeouts, ping interval and reconnect delay must be greater than zero",
-            ));
-        }
+        self.settings.check("the redis backplane")?;
         if self.channel.is_empty() {
             return Err(Error::config("the backplane's channel must not be empty"));
         }
@@ -128,41 +84,22 @@ impl RedisPubSubBuilder {
             Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
         })?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
+            .set_connection_timeout(Some(self.settings.connect_timeout))
             .set_response_timeout(None)
-            .set_max_delay(self.max_reconnect_delay);
+            .set_max_delay(self.settings.max_reconnect_delay);
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| redis_error(e).context("creating the backplane's connection"))?;
-        let (connected, _) = watch::channel(false);
-        let (stop, _) = watch::channel(());
         Ok(RedisPubSub {
             inner: Arc::new(Inner {
                 client,
-                publisher: Connection::manager(manager, self.command_timeout),
+                publisher: Connection::manager(manager, self.settings.command_timeout),
                 redacted_url: redact(&self.url),
                 channel: self.channel,
-                settings: Settings {
-                    command_timeout: self.command_timeout,
-                    connect_timeout: self.connect_timeout,
-                    max_reconnect_delay: self.max_reconnect_delay,
-                    ping_interval: self.ping_interval,
-                },
-                connected: Arc::new(connected),
                 counters: Arc::default(),
-                link: Arc::default(),
-                attached: Mutex::new(false),
-                stop,
+                link: LinkHandle::new(self.settings),
             }),
         })
     }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Settings {
-    command_timeout: Duration,
-    connect_timeout: Duration,
-    max_reconnect_delay: Duration,
-    ping_interval: Duration,
 }
 
 struct Inner {
@@ -170,13 +107,8 @@ struct Inner {
     publisher: Connection,
     redacted_url: String,
     channel: String,
-    settings: Settings,
-    connected: Arc<watch::Sender<bool>>,
     counters: Arc<Counters>,
-    link: Arc<LinkState>,
-    attached: Mutex<bool>,
-    /// Dropped with the transport: the subscriber task then ends.
-    stop: watch::Sender<()>,
+    link: LinkHandle,
 }
 
 /// The Redis pub/sub invalidation backplane; give it to
@@ -209,24 +141,18 @@ impl RedisPubSub {
         RedisPubSubBuilder {
             url: url.into(),
             channel: DEFAULT_CHANNEL.to_owned(),
-            command_timeout: DEFAULT_COMMAND_TIMEOUT,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            max_reconnect_delay: DEFAULT_MAX_RECONNECT_DELAY,
-            ping_interval: DEFAULT_PING_INTERVAL,
+            settings: LinkSettings::default(),
         }
     }
 
     /// Whether the subscription is up now.
     pub fn is_connected(&self) -> bool {
-        *self.inner.connected.borrow()
+        self.inner.link.is_connected()
     }
 
     /// Waits until the subscription is up, at most `timeout`; `true` when it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
-        let mut connected = self.inner.connected.subscribe();
-        tokio::time::timeout(timeout, connected.wait_for(|up| *up))
-            .await
-            .is_ok_and(|up| up.is_ok())
+        self.inner.link.wait_connected(timeout).await
     }
 
     /// The counters so far.
@@ -236,8 +162,8 @@ impl RedisPubSub {
             published: c.published.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             decode_failures: c.decode_failures.load(Ordering::Relaxed),
-            subscriptions: self.inner.link.sessions.load(Ordering::Relaxed),
-            disconnects: self.inner.link.disconnects.load(Ordering::Relaxed),
+            subscriptions: self.inner.link.state.sessions.load(Ordering::Relaxed),
+            disconnects: self.inner.link.state.disconnects.load(Ordering::Relaxed),
         }
     }
 }
@@ -245,34 +171,14 @@ impl RedisPubSub {
 #[async_trait]
 impl InvalidationTransport for RedisPubSub {
     fn attach(&self, origin: u64, sink: Weak<dyn InvalidationSink>) -> Result<()> {
-        let mut attached = self
-            .inner
-            .attached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if *attached {
-            return Err(Error::config(
-                "a RedisPubSub transport serves one cache; build one per cache",
-            ));
-        }
-        *attached = true;
-        let link = Link {
-            session: Subscriber {
-                client: self.inner.client.clone(),
-                channel: self.inner.channel.clone(),
-                settings: self.inner.settings,
-                counters: Arc::clone(&self.inner.counters),
-                origin,
-            },
-            sink,
-            connected: Arc::clone(&self.inner.connected),
-            state: Arc::clone(&self.inner.link),
-            stop: self.inner.stop.subscribe(),
-            max_delay: self.inner.settings.max_reconnect_delay,
-            what: "pubsub",
+        let subscriber = Subscriber {
+            client: self.inner.client.clone(),
+            channel: self.inner.channel.clone(),
+            settings: self.inner.link.settings,
+            counters: Arc::clone(&self.inner.counters),
+            origin,
         };
-        tokio::spawn(link.run());
-        Ok(())
+        self.inner.link.start(subscriber, sink, "pubsub")
     }
 
     async fn publish(&self, batch: &InvalidationBatch) -> Result<()> {
@@ -299,7 +205,7 @@ impl InvalidationTransport for RedisPubSub {
 struct Subscriber {
     client: redis::Client,
     channel: String,
-    settings: Settings,
+    settings: LinkSettings,
     counters: Arc<Counters>,
     origin: u64,
 }

@@ -38,9 +38,8 @@ pub use backend::{
     DEFAULT_POOL_SIZE, DEFAULT_SCAN_BATCH, DEFAULT_TAG_PREFIX, RedisBackend, RedisBackendBuilder,
     RedisStats,
 };
-pub use backplane::{
-    DEFAULT_CHANNEL, DEFAULT_PING_INTERVAL, PubSubStats, RedisPubSub, RedisPubSubBuilder,
-};
+pub use backplane::{DEFAULT_CHANNEL, PubSubStats, RedisPubSub, RedisPubSubBuilder};
+pub use link::DEFAULT_PING_INTERVAL;
 pub use lock::{DEFAULT_LOCK_PREFIX, RedisLockStore};
 pub use stream::{
     DEFAULT_JOURNAL_GROUP, DEFAULT_JOURNAL_POOL_SIZE, DEFAULT_MAX_BLOCK, RedisWriteJournal,

@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use layercache_core::{
@@ -27,12 +27,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::backend::{
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECONNECT_DELAY,
-};
-use crate::backplane::DEFAULT_PING_INTERVAL;
 use crate::connection::redis_error;
-use crate::link::{Ended, Link, LinkState, Session};
+use crate::link::{Ended, LinkHandle, LinkSettings, Session, link_setters};
 use crate::url::redact;
 
 /// The client name the tracking connection gives itself (`CLIENT SETNAME`), to find it in
@@ -64,10 +60,7 @@ struct Counters {
 pub struct RedisTrackingBuilder {
     url: String,
     prefixes: Vec<String>,
-    command_timeout: Duration,
-    connect_timeout: Duration,
-    max_reconnect_delay: Duration,
-    ping_interval: Duration,
+    settings: LinkSettings,
 }
 
 impl RedisTrackingBuilder {
@@ -79,47 +72,12 @@ impl RedisTrackingBuilder {
         self
     }
 
-    /// The bound on each `PING` (default [`DEFAULT_COMMAND_TIMEOUT`]).
-    #[must_use]
-    pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout;
-        self
-    }
-
-    /// The bound on connecting and turning tracking on (default [`DEFAULT_CONNECT_TIMEOUT`]).
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// The longest pause between attempts to reconnect (default
-    /// [`DEFAULT_MAX_RECONNECT_DELAY`]).
-    #[must_use]
-    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
-        self.max_reconnect_delay = delay;
-        self
-    }
-
-    /// How often the tracking connection is pinged (default [`DEFAULT_PING_INTERVAL`]).
-    #[must_use]
-    pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = interval;
-        self
-    }
+    link_setters!();
 
     /// Makes the transport; it connects when a cache attaches to it. Invalid settings are a
     /// `Config` error.
     pub fn build(self) -> Result<RedisTracking> {
-        if self.command_timeout.is_zero()
-            || self.connect_timeout.is_zero()
-            || self.ping_interval.is_zero()
-            || self.max_reconnect_delay.is_zero()
-        {
-            return Err(Error::config(
-                "client tracking's timeouts, ping interval and reconnect delay must be greater than zero",
-            ));
-        }
+        self.settings.check("client tracking")?;
         if self.prefixes.iter().any(String::is_empty) {
             return Err(Error::config("a tracking prefix must not be empty"));
         }
@@ -129,22 +87,13 @@ impl RedisTrackingBuilder {
         let client = redis::Client::open(resp3.as_str()).map_err(|e| {
             Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
         })?;
-        let (connected, _) = watch::channel(false);
-        let (stop, _) = watch::channel(());
         Ok(RedisTracking {
             inner: Arc::new(Inner {
                 client,
                 redacted_url: redact(&self.url),
                 prefixes: self.prefixes,
-                command_timeout: self.command_timeout,
-                connect_timeout: self.connect_timeout,
-                max_reconnect_delay: self.max_reconnect_delay,
-                ping_interval: self.ping_interval,
-                connected: Arc::new(connected),
                 counters: Arc::default(),
-                link: Arc::default(),
-                attached: Mutex::new(false),
-                stop,
+                link: LinkHandle::new(self.settings),
             }),
         })
     }
@@ -154,16 +103,8 @@ struct Inner {
     client: redis::Client,
     redacted_url: String,
     prefixes: Vec<String>,
-    command_timeout: Duration,
-    connect_timeout: Duration,
-    max_reconnect_delay: Duration,
-    ping_interval: Duration,
-    connected: Arc<watch::Sender<bool>>,
     counters: Arc<Counters>,
-    link: Arc<LinkState>,
-    attached: Mutex<bool>,
-    /// Dropped with the transport: the tracking task then ends.
-    stop: watch::Sender<()>,
+    link: LinkHandle,
 }
 
 /// Redis client tracking (RESP3 push messages) as the invalidation transport; give it to
@@ -198,24 +139,18 @@ impl RedisTracking {
         RedisTrackingBuilder {
             url: url.into(),
             prefixes: Vec::new(),
-            command_timeout: DEFAULT_COMMAND_TIMEOUT,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            max_reconnect_delay: DEFAULT_MAX_RECONNECT_DELAY,
-            ping_interval: DEFAULT_PING_INTERVAL,
+            settings: LinkSettings::default(),
         }
     }
 
     /// Whether tracking is on now.
     pub fn is_connected(&self) -> bool {
-        *self.inner.connected.borrow()
+        self.inner.link.is_connected()
     }
 
     /// Waits until tracking is on, at most `timeout`; `true` when it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
-        let mut connected = self.inner.connected.subscribe();
-        tokio::time::timeout(timeout, connected.wait_for(|up| *up))
-            .await
-            .is_ok_and(|up| up.is_ok())
+        self.inner.link.wait_connected(timeout).await
     }
 
     /// The counters so far.
@@ -224,8 +159,8 @@ impl RedisTracking {
         TrackingStats {
             keys_invalidated: c.keys.load(Ordering::Relaxed),
             flushes: c.flushes.load(Ordering::Relaxed),
-            sessions: self.inner.link.sessions.load(Ordering::Relaxed),
-            disconnects: self.inner.link.disconnects.load(Ordering::Relaxed),
+            sessions: self.inner.link.state.sessions.load(Ordering::Relaxed),
+            disconnects: self.inner.link.state.disconnects.load(Ordering::Relaxed),
         }
     }
 }
@@ -233,41 +168,13 @@ impl RedisTracking {
 #[async_trait]
 impl InvalidationTransport for RedisTracking {
     fn attach(&self, _origin: u64, sink: Weak<dyn InvalidationSink>) -> Result<()> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::config(
-                "client tracking must be attached within a tokio runtime",
-            ));
-        }
-        let mut attached = self
-            .inner
-            .attached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if *attached {
-            return Err(Error::config(
-                "a RedisTracking transport serves one cache; build one per cache",
-            ));
-        }
-        *attached = true;
-        let inner = &self.inner;
-        let link = Link {
-            session: Tracker {
-                client: inner.client.clone(),
-                prefixes: inner.prefixes.clone(),
-                command_timeout: inner.command_timeout,
-                connect_timeout: inner.connect_timeout,
-                ping_interval: inner.ping_interval,
-                counters: Arc::clone(&inner.counters),
-            },
-            sink,
-            connected: Arc::clone(&inner.connected),
-            state: Arc::clone(&inner.link),
-            stop: inner.stop.subscribe(),
-            max_delay: inner.max_reconnect_delay,
-            what: "tracking",
+        let tracker = Tracker {
+            client: self.inner.client.clone(),
+            prefixes: self.inner.prefixes.clone(),
+            settings: self.inner.link.settings,
+            counters: Arc::clone(&self.inner.counters),
         };
-        tokio::spawn(link.run());
-        Ok(())
+        self.inner.link.start(tracker, sink, "tracking")
     }
 
     async fn publish(&self, _batch: &InvalidationBatch) -> Result<()> {
@@ -287,9 +194,7 @@ impl InvalidationTransport for RedisTracking {
 struct Tracker {
     client: redis::Client,
     prefixes: Vec<String>,
-    command_timeout: Duration,
-    connect_timeout: Duration,
-    ping_interval: Duration,
+    settings: LinkSettings,
     counters: Arc<Counters>,
 }
 
@@ -301,7 +206,7 @@ impl Session for Tracker {
     async fn connect(&mut self) -> Result<Tracked> {
         let (pushes, received) = mpsc::unbounded_channel();
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
+            .set_connection_timeout(Some(self.settings.connect_timeout))
             .set_response_timeout(None)
             .set_push_sender(pushes);
         let connect = async {
@@ -323,7 +228,7 @@ impl Session for Tracker {
             tracking.query_async::<()>(&mut conn).await?;
             Ok::<_, redis::RedisError>(conn)
         };
-        let conn = tokio::time::timeout(self.connect_timeout, connect)
+        let conn = tokio::time::timeout(self.settings.connect_timeout, connect)
             .await
             .map_err(|_| Error::timeout("turning client tracking on timed out"))?
             .map_err(|e| redis_error(e).context("turning client tracking on"))?;
@@ -336,7 +241,7 @@ impl Session for Tracker {
         sink: &Weak<dyn InvalidationSink>,
         stop: &mut watch::Receiver<()>,
     ) -> Ended {
-        let mut ping = tokio::time::interval(self.ping_interval);
+        let mut ping = tokio::time::interval(self.settings.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         loop {
@@ -361,7 +266,7 @@ impl Session for Tracker {
                 }
                 _ = ping.tick() => {
                     let answered = tokio::time::timeout(
-                        self.command_timeout,
+                        self.settings.command_timeout,
                         redis::cmd("PING").query_async::<Value>(&mut conn),
                     )
                     .await;

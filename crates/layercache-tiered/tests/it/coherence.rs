@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use layercache_core::{EntryOptions, Key, MemoryTransport, envelope};
+use layercache_core::{EntryOptions, InvalidationTransport, Key, MemoryTransport, envelope};
 use layercache_redis::{RedisPubSub, RedisTracking, TRACKING_CLIENT_NAME};
 use layercache_testkit::RedisServer;
 use layercache_testkit::conformance::unique_space;
 use layercache_tiered::{TieredCache, TieredCacheBuilder};
 use tokio::sync::Notify;
+
+use crate::{raw_get, redis_conn};
 
 /// A generous bound on waits that must end: past it the test fails instead of hanging.
 const BOUND: Duration = Duration::from_secs(10);
@@ -38,17 +40,20 @@ fn memory_trio(url: &str) -> Vec<TieredCache<String>> {
         .collect()
 }
 
-/// Three instances over the Redis at `url`, each with its own pub/sub backplane on `channel`,
-/// subscribed before this returns.
-async fn pubsub_trio(url: &str, channel: &str) -> (Vec<TieredCache<String>>, Vec<RedisPubSub>) {
+/// Three instances over the Redis at `url`, each with a transport of its own from `make`,
+/// connected before this returns.
+async fn trio<T>(
+    url: &str,
+    make: impl Fn() -> T,
+    connected: impl AsyncFn(&T) -> bool,
+) -> (Vec<TieredCache<String>>, Vec<T>)
+where
+    T: InvalidationTransport + Clone + 'static,
+{
     let mut caches = Vec::new();
     let mut transports = Vec::new();
     for name in ["a", "b", "c"] {
-        let transport = RedisPubSub::builder(url)
-            .channel(channel)
-            .ping_interval(Duration::from_millis(200))
-            .build()
-            .unwrap();
+        let transport = make();
         caches.push(
             builder(url, name)
                 .invalidation(transport.clone())
@@ -58,33 +63,38 @@ async fn pubsub_trio(url: &str, channel: &str) -> (Vec<TieredCache<String>>, Vec
         transports.push(transport);
     }
     for transport in &transports {
-        assert!(transport.wait_connected(BOUND).await, "subscribed");
+        assert!(connected(transport).await, "the transport connected");
     }
     (caches, transports)
 }
 
-/// Three instances over the Redis at `url`, each with client tracking on, connected before this
-/// returns.
-async fn tracking_trio(url: &str) -> (Vec<TieredCache<String>>, Vec<RedisTracking>) {
-    let mut caches = Vec::new();
-    let mut transports = Vec::new();
-    for name in ["a", "b", "c"] {
-        let transport = RedisTracking::builder(url)
+/// Three instances, each with its own pub/sub backplane on `channel`.
+async fn pubsub_trio(url: &str, channel: &str) -> (Vec<TieredCache<String>>, Vec<RedisPubSub>) {
+    let make = || {
+        RedisPubSub::builder(url)
+            .channel(channel)
             .ping_interval(Duration::from_millis(200))
             .build()
-            .unwrap();
-        caches.push(
-            builder(url, name)
-                .invalidation(transport.clone())
-                .build()
-                .unwrap(),
-        );
-        transports.push(transport);
-    }
-    for transport in &transports {
-        assert!(transport.wait_connected(BOUND).await, "tracking on");
-    }
-    (caches, transports)
+            .unwrap()
+    };
+    trio(url, make, async |t: &RedisPubSub| {
+        t.wait_connected(BOUND).await
+    })
+    .await
+}
+
+/// Three instances, each with client tracking on.
+async fn tracking_trio(url: &str) -> (Vec<TieredCache<String>>, Vec<RedisTracking>) {
+    let make = || {
+        RedisTracking::builder(url)
+            .ping_interval(Duration::from_millis(200))
+            .build()
+            .unwrap()
+    };
+    trio(url, make, async |t: &RedisTracking| {
+        t.wait_connected(BOUND).await
+    })
+    .await
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -171,21 +181,13 @@ async fn three_instances_with_client_tracking_see_every_write() {
     assert!(transports[1].stats().keys_invalidated >= 1_000);
 }
 
-async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_by_a_plain_redis_client_leaves_the_l1_of_a_tracking_instance() {
     let server = RedisServer::start();
     let url = server.url();
     let (caches, _transports) = tracking_trio(&url).await;
     let (a, b) = (&caches[0], &caches[1]);
-    let mut plain = admin(&url).await;
+    let mut plain = redis_conn(&url).await;
     let ns = unique_space().namespace("plain").unwrap();
     let mut delays = Vec::new();
     for i in 0..100 {
@@ -239,7 +241,7 @@ async fn a_flush_of_the_database_flushes_the_l1_of_a_tracking_instance() {
     wait_for_value(&caches[1], &key, "v").await;
     let flushes = caches[1].stats().l1_flushes;
     let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut admin(&url).await)
+        .query_async(&mut redis_conn(&url).await)
         .await
         .unwrap();
     wait_for(|| caches[1].stats().l1_flushes > flushes).await;
@@ -386,7 +388,7 @@ async fn kills_flush_and_cap_l1(url: &str, caches: &[TieredCache<String>], track
 
     // Kill the transports' connections again and again for 1.5 s while A writes and B reads: B
     // may serve a value A replaced only within the disconnected cap (1 s) plus its reconnection.
-    let mut admin = admin(url).await;
+    let mut admin = redis_conn(url).await;
     let cap = layercache_tiered::DEFAULT_DISCONNECTED_L1_TTL;
     let started = Instant::now();
     let mut written: Vec<(String, Instant)> = Vec::new();
@@ -635,17 +637,4 @@ async fn a_slow_load_in_another_instance_cannot_overwrite_a_newer_write_or_delet
         let reader = builder(&url, "reader").build().unwrap();
         assert_ne!(reader.get(&key).await.unwrap().as_deref(), Some("stale"));
     }
-}
-
-async fn raw_get(url: &str, key: &Key) -> Option<Vec<u8>> {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("GET")
-        .arg(key.as_str())
-        .query_async(&mut conn)
-        .await
-        .unwrap()
 }

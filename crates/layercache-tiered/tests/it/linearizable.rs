@@ -329,111 +329,53 @@ async fn three_instances_with_the_memory_transport_serve_nothing_older_than_the_
     run_and_check("memory transport", caches, History::timed(), LAG).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_with_the_pubsub_backplane_serve_nothing_older_than_the_lag() {
-    let server = RedisServer::start();
+/// Three instances over the Redis at `url`, each with a transport of its own from `make`,
+/// connected before this returns.
+async fn three_instances<T>(
+    url: &str,
+    make: impl Fn() -> T,
+    connected: impl AsyncFn(&T) -> bool,
+) -> Vec<TieredCache<u64>>
+where
+    T: layercache_core::InvalidationTransport + Clone + 'static,
+{
     let mut caches = Vec::new();
     for name in ["a", "b", "c"] {
-        let transport = layercache_redis::RedisPubSub::builder(server.url())
-            .channel("linearizable")
-            .build()
-            .unwrap();
+        let transport = make();
         caches.push(
-            builder(&server.url(), name)
+            builder(url, name)
                 .invalidation(transport.clone())
                 .build()
                 .unwrap(),
         );
-        assert!(transport.wait_connected(Duration::from_secs(10)).await);
+        assert!(connected(&transport).await, "the transport connected");
     }
-    run_and_check("pub/sub backplane", caches, History::timed(), LAG).await;
+    caches
 }
 
-/// The smallest history the test above finds broken, step by step: a load reads the source, the
-/// source is written and the key deleted from the cache (cache-aside's "update, then
-/// invalidate"); a read that starts after the delete returned must not be handed what the load
-/// read before the write.
-#[tokio::test(flavor = "current_thread")]
-async fn a_read_after_an_invalidation_does_not_join_a_load_that_read_the_source_before_it() {
-    let cache: TieredCache<u64> = TieredCache::builder().build().unwrap();
-    let key = unique_space()
-        .namespace("linearizable")
-        .unwrap()
-        .key("k")
-        .unwrap();
-    let source = Arc::new(VersionedSource::new(1));
-    source.bump(0);
-
-    // A reads the key: its load reads v1 from the source, then waits to be released.
-    let read_source = Arc::new(tokio::sync::Notify::new());
-    let release = Arc::new(tokio::sync::Notify::new());
-    let first = tokio::spawn({
-        let (cache, key, source) = (cache.clone(), key.clone(), Arc::clone(&source));
-        let (read_source, release) = (Arc::clone(&read_source), Arc::clone(&release));
-        async move {
-            cache
-                .get_or_load(&key, move |_key: Key| async move {
-                    let version = source.current(0);
-                    read_source.notify_one();
-                    release.notified().await;
-                    Ok::<_, layercache_core::Error>(Some(version))
-                })
-                .await
-        }
-    });
-    read_source.notified().await;
-
-    // The source moves to v2 and the key is invalidated; the delete returns.
-    assert_eq!(source.bump(0), 2);
-    cache.delete(&key).await.unwrap();
-
-    // B starts reading only now. Poll it once, so that it has looked the key up (and found the
-    // load in flight) before that load finishes.
-    let second = {
-        let (cache, key, source) = (cache.clone(), key.clone(), Arc::clone(&source));
-        async move {
-            cache
-                .get_or_load(&key, move |_key: Key| async move {
-                    Ok::<_, layercache_core::Error>(Some(source.current(0)))
-                })
-                .await
-        }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_the_pubsub_backplane_serve_nothing_older_than_the_lag() {
+    use layercache_redis::RedisPubSub;
+    let server = RedisServer::start();
+    let url = server.url();
+    let make = || {
+        RedisPubSub::builder(&url)
+            .channel("linearizable")
+            .build()
+            .unwrap()
     };
-    let mut second = std::pin::pin!(second);
-    let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(second.as_mut().poll(cx))).await;
-    release.notify_one();
-    let second = match polled {
-        std::task::Poll::Ready(result) => result,
-        std::task::Poll::Pending => second.await,
-    };
-
-    assert_eq!(
-        first.await.unwrap().unwrap(),
-        Some(1),
-        "A overlapped the write"
-    );
-    assert_eq!(
-        second.unwrap(),
-        Some(2),
-        "B began after the source held v2 and the delete returned"
-    );
+    let connected = async |t: &RedisPubSub| t.wait_connected(Duration::from_secs(10)).await;
+    let caches = three_instances(&url, make, connected).await;
+    run_and_check("pub/sub backplane", caches, History::timed(), LAG).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_with_client_tracking_serve_nothing_older_than_the_lag() {
+    use layercache_redis::RedisTracking;
     let server = RedisServer::start();
-    let mut caches = Vec::new();
-    for name in ["a", "b", "c"] {
-        let transport = layercache_redis::RedisTracking::builder(server.url())
-            .build()
-            .unwrap();
-        caches.push(
-            builder(&server.url(), name)
-                .invalidation(transport.clone())
-                .build()
-                .unwrap(),
-        );
-        assert!(transport.wait_connected(Duration::from_secs(10)).await);
-    }
+    let url = server.url();
+    let make = || RedisTracking::builder(&url).build().unwrap();
+    let connected = async |t: &RedisTracking| t.wait_connected(Duration::from_secs(10)).await;
+    let caches = three_instances(&url, make, connected).await;
     run_and_check("client tracking", caches, History::timed(), LAG).await;
 }

@@ -100,3 +100,21 @@ pub(crate) async fn command_calls(url: &str, command: &str) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |n| n.parse().unwrap())
 }
+
+/// A plain redis-rs connection to `url` (what another program would use).
+pub(crate) async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The raw bytes Redis holds under `key`.
+pub(crate) async fn raw_get(url: &str, key: &Key) -> Option<Vec<u8>> {
+    redis::cmd("GET")
+        .arg(key.as_str())
+        .query_async(&mut redis_conn(url).await)
+        .await
+        .unwrap()
+}

@@ -14,6 +14,8 @@ use layercache_testkit::history::{History, Op};
 use layercache_tiered::TieredCache;
 use tokio::sync::Mutex;
 
+use crate::redis_conn;
+
 const KEYS: u64 = 20;
 const RUN: Duration = Duration::from_secs(3);
 /// Set in the second process: the Redis URL, the key scope, and how long to run.
@@ -26,14 +28,6 @@ fn source_key(scope: &str, i: u64) -> String {
     format!("source:{scope}{i}")
 }
 
-async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 /// The second process: reads every key through a cache without L1 (so that every miss loads),
 /// with a loader that reads the source and then takes 20–80 ms.
 async fn slow_loader(url: String, scope: String) {
@@ -44,7 +38,7 @@ async fn slow_loader(url: String, scope: String) {
         .l2_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let source = connect(&url).await;
+    let source = redis_conn(&url).await;
     let started = Instant::now();
     let mut rng = fastrand::Rng::with_seed(7);
     let mut reads = 0;
@@ -112,7 +106,7 @@ async fn a_slow_loader_in_a_second_process_never_overwrites_l2_with_an_older_loa
             scope.clone(),
         );
         tasks.spawn(async move {
-            let mut source = connect(&url).await;
+            let mut source = redis_conn(&url).await;
             let mut rng = fastrand::Rng::with_seed(t);
             while started.elapsed() < RUN {
                 let i = rng.u64(0..KEYS);
@@ -147,7 +141,7 @@ async fn a_slow_loader_in_a_second_process_never_overwrites_l2_with_an_older_loa
     for t in 0..2u64 {
         let (history, url, scope) = (Arc::clone(&history), url.clone(), scope.clone());
         tasks.spawn(async move {
-            let mut l2 = connect(&url).await;
+            let mut l2 = redis_conn(&url).await;
             let mut rng = fastrand::Rng::with_seed(100 + t);
             while started.elapsed() < RUN {
                 let i = rng.u64(0..KEYS);

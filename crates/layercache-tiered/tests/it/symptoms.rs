@@ -17,6 +17,8 @@ use layercache_redis::RedisBackend;
 use layercache_testkit::RedisServer;
 use layercache_testkit::conformance::unique_space;
 use layercache_tiered::{TieredCache, WarmOutcome};
+
+use crate::raw_get;
 use tokio::sync::Notify;
 
 /// A generous bound on steps that must finish: past it the test fails instead of hanging.
@@ -41,19 +43,6 @@ async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(BOUND, future)
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within {BOUND:?}"))
-}
-
-async fn raw_get(url: &str, key: &Key) -> Option<Vec<u8>> {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("GET")
-        .arg(key.as_str())
-        .query_async(&mut conn)
-        .await
-        .unwrap()
 }
 
 /// Counts its calls.
