@@ -42,17 +42,13 @@ mod pool {
 }
 
 mod cluster {
-    use std::sync::{Arc, OnceLock};
+    use std::sync::Arc;
 
     use layercache_redis::RedisBackend;
+    use layercache_testkit::ManualClock;
     use layercache_testkit::conformance::Subject;
-    use layercache_testkit::{ManualClock, RedisCluster};
 
-    /// One 3-primary cluster shared by the cases (they use key spaces of their own).
-    fn shared_cluster() -> &'static RedisCluster {
-        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
-        CLUSTER.get_or_init(RedisCluster::start)
-    }
+    use crate::shared_cluster;
 
     async fn setup() -> Subject {
         let clock = ManualClock::starting_now();

@@ -8,11 +8,17 @@ mod ordering;
 
 use std::sync::OnceLock;
 
-use layercache_testkit::RedisServer;
+use layercache_testkit::{RedisCluster, RedisServer};
 
 /// One server shared by the tests that need no fault of their own; the cases isolate themselves
 /// with unique key spaces. The testkit's watchdog stops it when the test process exits.
 fn shared_server() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
     SERVER.get_or_init(RedisServer::start)
+}
+
+/// One 3-primary cluster shared by the tests that need one (they use key spaces of their own).
+fn shared_cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(RedisCluster::start)
 }

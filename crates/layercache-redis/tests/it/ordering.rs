@@ -20,12 +20,24 @@ fn entry(value: &str, created_ms: u64, tags: &[&str]) -> Entry<String> {
     Entry::new(value.to_owned(), meta)
 }
 
-async fn backend() -> RedisBackend {
-    // The entries' times are near the epoch's start; a clock there keeps them alive.
+/// The entries' times are near the epoch's start; a clock there keeps them alive.
+fn early_clock() -> layercache_core::ManualClock {
+    layercache_core::ManualClock::new(Timestamp::from_millis(1_000))
+}
+
+async fn standalone() -> RedisBackend {
     RedisBackend::builder(shared_server().url())
-        .clock(layercache_core::ManualClock::new(Timestamp::from_millis(
-            1_000,
-        )))
+        .clock(early_clock())
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// No script or pipeline touches keys of two slots: no `CROSSSLOT` reaches the caller.
+async fn cluster() -> RedisBackend {
+    RedisBackend::cluster_builder(crate::shared_cluster().urls())
+        .clock(early_clock())
+        .command_timeout(Duration::from_secs(2))
         .connect()
         .await
         .unwrap()
@@ -33,7 +45,26 @@ async fn backend() -> RedisBackend {
 
 #[tokio::test]
 async fn a_conditional_store_gives_way_to_anything_as_new_or_newer() {
-    let backend = backend().await;
+    conditional_stores(standalone().await, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_conditional_store_gives_way_to_anything_as_new_or_newer() {
+    conditional_stores(cluster().await, true).await;
+}
+
+#[tokio::test]
+async fn a_tag_invalidation_tombstones_every_key_its_index_names() {
+    tag_invalidation(standalone().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_tag_invalidation_tombstones_every_key_its_index_names() {
+    tag_invalidation(cluster().await).await;
+}
+
+/// `cluster`: whether `backend` is the shared cluster's (foreign bytes are written there).
+async fn conditional_stores(backend: RedisBackend, cluster: bool) {
     let redis: &dyn Backend<String> = &backend;
     let ns = unique_space().namespace("ordering").unwrap();
     let key = ns.key("k").unwrap();
@@ -106,17 +137,17 @@ async fn a_conditional_store_gives_way_to_anything_as_new_or_newer() {
 
     // Foreign bytes are replaced.
     let foreign = ns.key("foreign").unwrap();
-    let mut conn = redis::Client::open(shared_server().url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(foreign.as_str())
-        .arg("{\"not\":\"ours\"}")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let mut set = redis::cmd("SET");
+    set.arg(foreign.as_str()).arg("{\"not\":\"ours\"}");
+    if cluster {
+        let client = redis::cluster::ClusterClient::new(crate::shared_cluster().urls()).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        let () = set.query_async(&mut conn).await.unwrap();
+    } else {
+        let client = redis::Client::open(shared_server().url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let () = set.query_async(&mut conn).await.unwrap();
+    }
     assert!(
         redis
             .set_if_newer(&foreign, entry("ours", 1_000, &[]))
@@ -137,9 +168,7 @@ async fn a_conditional_store_gives_way_to_anything_as_new_or_newer() {
     assert_eq!(stored, vec![false, true]);
 }
 
-#[tokio::test]
-async fn a_tag_invalidation_tombstones_every_key_its_index_names() {
-    let backend = backend().await;
+async fn tag_invalidation(backend: RedisBackend) {
     let redis: &dyn Backend<String> = &backend;
     let ns = unique_space().namespace("tag-index").unwrap();
     let tag = format!("t-{}", ns.scope());
