@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use layercache_core::Key;
+use std::future::Future;
+
+use layercache_core::{Key, Timestamp};
 use layercache_tiered::TieredCache;
 use metrics::{
-    Counter, CounterFn, Gauge, GaugeFn, Histogram, KeyName, Metadata, Recorder, SharedString, Unit,
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, KeyName, Metadata, Recorder,
+    SharedString, Unit,
 };
 
 use crate::Source;
@@ -41,6 +44,12 @@ impl GaugeFn for Series {
     }
 }
 
+impl HistogramFn for Series {
+    fn record(&self, value: f64) {
+        self.0.lock().unwrap().insert(self.1.clone(), value);
+    }
+}
+
 impl Capture {
     fn series(&self, key: &metrics::Key) -> Arc<Series> {
         let labels: Vec<String> = key
@@ -64,8 +73,8 @@ impl Recorder for Capture {
     fn register_gauge(&self, key: &metrics::Key, _: &Metadata<'_>) -> Gauge {
         Gauge::from_arc(self.series(key))
     }
-    fn register_histogram(&self, _: &metrics::Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
+    fn register_histogram(&self, key: &metrics::Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(self.series(key))
     }
 }
 
@@ -96,5 +105,46 @@ async fn publish_metrics_exports_the_counters_with_the_cache_name() {
     assert_eq!(
         seen.get("layercache_l2_circuit_state{cache=products}"),
         Some(&0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_invalidations_record_their_delay_and_are_counted() {
+    use layercache_core::{
+        Clock, Invalidation, InvalidationBatch, InvalidationTransport, MemoryTransport, SystemClock,
+    };
+    let transport = MemoryTransport::new();
+    let cache: TieredCache<String> = TieredCache::builder()
+        .name("b")
+        .invalidation(transport.clone())
+        .build()
+        .unwrap();
+    let key = Key::new("k").unwrap();
+    cache.set(&key, "old".to_owned()).await.unwrap();
+    // Another instance's batch, sent 50 ms ago. The memory transport delivers it while
+    // `publish` runs, on this thread, where the recorder listens.
+    let batch = InvalidationBatch {
+        origin: 99,
+        sent_at: Timestamp::from_millis(SystemClock.now().as_millis() - 50),
+        items: vec![Invalidation::Key(key.clone())],
+    };
+    let capture = Capture::default();
+    metrics::with_local_recorder(&capture, || {
+        let publish = std::pin::pin!(transport.publish(&batch));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(publish.poll(&mut context).is_ready());
+        cache.publish_metrics();
+    });
+    let seen = capture.0.lock().unwrap().clone();
+    let delay = seen["layercache_invalidation_delay_seconds{cache=b,transport=memory}"];
+    assert!((0.05..10.0).contains(&delay), "{delay}");
+    assert_eq!(
+        seen.get("layercache_invalidations_received_total{cache=b}"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        cache.get(&key).await.unwrap(),
+        None,
+        "the invalidation applied"
     );
 }
