@@ -333,8 +333,9 @@ impl<V: Clone + Send + Sync + 'static> InvalidationSink for Runtime<V> {
             .record(delay.as_secs_f64());
         }
         for item in &batch.items {
-            self.tiers.counters.bump_invalidations_received();
             self.invalidate_here(item);
+            // Counted once applied: a caller that sees the count sees the effect.
+            self.tiers.counters.bump_invalidations_received();
         }
     }
 
