@@ -38,6 +38,12 @@ pub enum CodecError {
     /// The bytes are a tombstone: the key was invalidated at this moment. Not a failure: a miss.
     #[error("a tombstone (invalidated at {0:?})")]
     Tombstone(crate::Timestamp),
+    /// The payload is compressed (flag `0x02`) and cannot be decompressed: layercache-core was
+    /// built without its `compression` feature, the compressed block is corrupt, or it claims a
+    /// size over [`MAX_DECOMPRESSED_LEN`](crate::envelope::MAX_DECOMPRESSED_LEN) or more than
+    /// LZ4 can expand its input to.
+    #[error("cannot decompress payload: {0}")]
+    Compression(&'static str),
 }
 
 impl From<CodecError> for Error {
@@ -64,6 +70,91 @@ pub trait Codec: Send + Sync + Debug + 'static {
 
     /// Decodes a value from `bytes`.
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError>;
+
+    /// Encoded payloads longer than this many bytes are compressed in the envelope (flag `0x02`);
+    /// `None` (the default) never compresses. Wrap a codec in `Compressed` (feature
+    /// `compression`) to set it. Without that feature, envelopes are never compressed, whatever
+    /// this says. Reading never depends on it: any reader built with the feature decompresses.
+    fn compress_above(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// The default threshold of [`Compressed`]: encoded payloads over 4 KiB are compressed. Smaller
+/// values gain little (and LZ4 has fewer repeats to find), and cost a copy.
+#[cfg(feature = "compression")]
+pub const DEFAULT_COMPRESSION_THRESHOLD: usize = 4 * 1024;
+
+/// A codec whose large payloads are LZ4-compressed inside the envelope (feature `compression`).
+///
+/// The id, name and payload encoding are those of the wrapped codec, so readers with the plain
+/// codec (built with the feature) read compressed and uncompressed envelopes alike, and a
+/// payload that does not shrink is stored as it is. Set it where the codec is set, e.g.
+/// `RedisBackend::builder(url).codec(Compressed::new(JsonCodec))`.
+///
+/// ```
+/// use layercache_core::envelope::Compressed;
+/// use layercache_core::{Codec, JsonCodec};
+///
+/// let codec = Compressed::new(JsonCodec).threshold(1024);
+/// assert_eq!(codec.id(), JsonCodec.id());
+/// assert_eq!(codec.compress_above(), Some(1024));
+/// ```
+#[cfg(feature = "compression")]
+#[derive(Clone, Copy, Debug)]
+pub struct Compressed<C> {
+    inner: C,
+    threshold: Option<usize>,
+}
+
+#[cfg(feature = "compression")]
+impl<C: Codec> Compressed<C> {
+    /// `inner`, compressing payloads over [`DEFAULT_COMPRESSION_THRESHOLD`] bytes.
+    pub fn new(inner: C) -> Self {
+        Compressed {
+            inner,
+            threshold: Some(DEFAULT_COMPRESSION_THRESHOLD),
+        }
+    }
+
+    /// Compresses payloads over `bytes` bytes instead.
+    #[must_use]
+    pub fn threshold(mut self, bytes: usize) -> Self {
+        self.threshold = Some(bytes);
+        self
+    }
+
+    /// The wrapped codec.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+}
+
+#[cfg(feature = "compression")]
+impl<C: Codec> Codec for Compressed<C> {
+    fn id(&self) -> u8 {
+        self.inner.id()
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn encode<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        self.inner.encode(value, out)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        self.inner.decode(bytes)
+    }
+
+    fn compress_above(&self) -> Option<usize> {
+        self.threshold
+    }
 }
 
 /// JSON through serde_json: the default, because other languages can read it.

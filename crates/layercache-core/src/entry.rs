@@ -202,7 +202,7 @@ impl<V> Entry<V> {
 }
 
 /// The longest TTL [`EntryOptions`] accepts (10 years): longer is a unit mistake.
-const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// How long a kind of data is cached: a TTL, an optional stale period after it, jitter, tags.
 ///
