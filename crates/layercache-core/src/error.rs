@@ -24,6 +24,11 @@ pub enum ErrorKind {
     InvalidKey,
     /// A lock could not be acquired or was lost.
     Lock,
+    /// The server refused the command for lack of permission (a Redis ACL's `NOPERM`, a wrong
+    /// password). Permanent: the user's rights must change, retrying will not help.
+    Permission,
+    /// A value is larger than the configured maximum value size; nothing was written.
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -37,6 +42,8 @@ impl ErrorKind {
             ErrorKind::Config => "config",
             ErrorKind::InvalidKey => "invalid key",
             ErrorKind::Lock => "lock",
+            ErrorKind::Permission => "permission",
+            ErrorKind::TooLarge => "too large",
         }
     }
 
@@ -113,6 +120,16 @@ impl Error {
     /// A lock could not be acquired or was lost.
     pub fn lock(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::Lock, message)
+    }
+
+    /// The server refused the command for lack of permission.
+    pub fn permission(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Permission, message)
+    }
+
+    /// A value over the maximum value size.
+    pub fn too_large(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::TooLarge, message)
     }
 
     /// Attaches the underlying cause.
@@ -239,6 +256,8 @@ mod tests {
         assert!(Error::unavailable("u").is_temporary());
         assert!(!Error::codec("c").is_temporary());
         assert!(!Error::config("c").is_temporary());
+        assert!(!Error::permission("p").is_temporary());
+        assert!(!Error::too_large("b").is_temporary());
         assert!(Error::loader("l").set_temporary(true).is_temporary());
     }
 

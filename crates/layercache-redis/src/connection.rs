@@ -83,15 +83,40 @@ fn is_dropped(e: &RedisError) -> bool {
     e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
 }
 
+/// Server error codes that mean "not now" rather than "never": out of memory, busy, loading,
+/// failing over.
+const TEMPORARY_CODES: &[&str] = &[
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "READONLY",
+];
+
+/// Server error codes of refused rights: an ACL's `NOPERM`, a missing or wrong password.
+const PERMISSION_CODES: &[&str] = &["NOPERM", "NOAUTH", "WRONGPASS"];
+
+/// Our error for a redis-rs error: `Timeout`, `Permission` (permanent) or `Unavailable`
+/// (temporary when the connection dropped or the server said "not now").
 pub(crate) fn redis_error(e: RedisError) -> Error {
     if e.is_timeout() {
-        Error::timeout("redis command timed out").with_source(e)
-    } else {
-        let temporary = is_dropped(&e) || e.is_timeout() || e.is_cluster_error();
-        Error::unavailable("redis command failed")
-            .with_source(e)
-            .set_temporary(temporary)
+        return Error::timeout("redis command timed out").with_source(e);
     }
+    let code = e.code();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || code.is_some_and(|code| PERMISSION_CODES.contains(&code))
+    {
+        return Error::permission("redis refused the command: the user lacks the permission")
+            .with_source(e);
+    }
+    let temporary = is_dropped(&e)
+        || e.is_cluster_error()
+        || code.is_some_and(|code| TEMPORARY_CODES.contains(&code));
+    Error::unavailable("redis command failed")
+        .with_source(e)
+        .set_temporary(temporary)
 }
 
 impl Connection {

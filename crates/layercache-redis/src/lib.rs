@@ -24,15 +24,18 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod backend;
 mod backplane;
 mod connection;
+mod keyspace;
 mod link;
 mod lock;
 mod stream;
 mod tracking;
 mod url;
 
+pub use access::{PermissionDenied, RedisFeature};
 pub use backend::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECONNECT_DELAY,
     DEFAULT_POOL_SIZE, DEFAULT_SCAN_BATCH, DEFAULT_TAG_PREFIX, RedisBackend, RedisBackendBuilder,

@@ -28,6 +28,7 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::connection::redis_error;
+use crate::keyspace::Keyspace;
 use crate::link::{Ended, LinkHandle, LinkSettings, Session, link_setters};
 use crate::url::redact;
 
@@ -60,6 +61,7 @@ struct Counters {
 pub struct RedisTrackingBuilder {
     url: String,
     prefixes: Vec<String>,
+    key_prefix: String,
     settings: LinkSettings,
 }
 
@@ -69,6 +71,15 @@ impl RedisTrackingBuilder {
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefixes.push(prefix.into());
+        self
+    }
+
+    /// The backend's [key prefix](crate::RedisBackendBuilder::key_prefix) (default none): give
+    /// the same one. Tracking then follows only keys under it (each [`prefix`](Self::prefix) goes
+    /// after it), and hands the cache its keys without it.
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
         self
     }
 
@@ -87,11 +98,17 @@ impl RedisTrackingBuilder {
         let client = redis::Client::open(resp3.as_str()).map_err(|e| {
             Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
         })?;
+        let keys = Keyspace::new(self.key_prefix);
+        let mut prefixes: Vec<String> = self.prefixes.iter().map(|p| keys.join(p)).collect();
+        if prefixes.is_empty() && !keys.prefix().is_empty() {
+            prefixes.push(keys.prefix().to_owned());
+        }
         Ok(RedisTracking {
             inner: Arc::new(Inner {
                 client,
                 redacted_url: redact(&self.url),
-                prefixes: self.prefixes,
+                prefixes,
+                keys,
                 counters: Arc::default(),
                 link: LinkHandle::new(self.settings),
             }),
@@ -103,6 +120,7 @@ struct Inner {
     client: redis::Client,
     redacted_url: String,
     prefixes: Vec<String>,
+    keys: Keyspace,
     counters: Arc<Counters>,
     link: LinkHandle,
 }
@@ -139,6 +157,7 @@ impl RedisTracking {
         RedisTrackingBuilder {
             url: url.into(),
             prefixes: Vec::new(),
+            key_prefix: String::new(),
             settings: LinkSettings::default(),
         }
     }
@@ -171,6 +190,7 @@ impl InvalidationTransport for RedisTracking {
         let tracker = Tracker {
             client: self.inner.client.clone(),
             prefixes: self.inner.prefixes.clone(),
+            keys: self.inner.keys.clone(),
             settings: self.inner.link.settings,
             counters: Arc::clone(&self.inner.counters),
         };
@@ -194,6 +214,7 @@ impl InvalidationTransport for RedisTracking {
 struct Tracker {
     client: redis::Client,
     prefixes: Vec<String>,
+    keys: Keyspace,
     settings: LinkSettings,
     counters: Arc<Counters>,
 }
@@ -295,6 +316,7 @@ impl Tracker {
                         Value::SimpleString(text) => Some(text.as_str()),
                         _ => None,
                     })
+                    .filter_map(|key| self.keys.strip(key))
                     .filter_map(|key| Key::with_max_len(key, usize::MAX).ok())
                     .map(Invalidation::Key)
                     .collect();

@@ -17,7 +17,10 @@ pub const DEFAULT_POLL_INITIAL: Duration = Duration::from_millis(10);
 /// The default longest pause between polls (200 ms).
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_millis(200);
 
-/// What a waiter does when another process's load has not filled the cache within `max_wait`.
+/// What a caller does when the distributed lock cannot help: another process's load has not
+/// filled the cache within `max_wait` ([`LockOptions::on_timeout`]), or the lock store failed —
+/// Redis down, or a user without the permission ([`LockOptions::on_error`]). Both are counted in
+/// the cache's stats (`lock_timeouts`, `lock_errors`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OnLockTimeout {
@@ -45,6 +48,9 @@ pub struct LockOptions {
     pub poll_max: Duration,
     /// What a waiter does after `max_wait`.
     pub on_timeout: OnLockTimeout,
+    /// What a caller does when the lock store fails (default [`OnLockTimeout::Load`]: load
+    /// without the lock).
+    pub on_error: OnLockTimeout,
 }
 
 impl Default for LockOptions {
@@ -55,6 +61,7 @@ impl Default for LockOptions {
             poll_initial: DEFAULT_POLL_INITIAL,
             poll_max: DEFAULT_POLL_MAX,
             on_timeout: OnLockTimeout::Load,
+            on_error: OnLockTimeout::Load,
         }
     }
 }
@@ -86,6 +93,13 @@ impl LockOptions {
     #[must_use]
     pub fn on_timeout(mut self, on_timeout: OnLockTimeout) -> Self {
         self.on_timeout = on_timeout;
+        self
+    }
+
+    /// Sets what happens when the lock store fails.
+    #[must_use]
+    pub fn on_error(mut self, on_error: OnLockTimeout) -> Self {
+        self.on_error = on_error;
         self
     }
 

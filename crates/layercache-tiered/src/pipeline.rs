@@ -296,23 +296,23 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                 Ok(None) => {}
                 Err(error) => {
                     counters.bump_lock_errors();
-                    tracing::warn!(%key, %error, "the lock store failed; loading without the lock");
-                    return self.load(ticket, options, previous, load).await;
+                    tracing::warn!(%key, %error, "the lock store failed");
+                    let policy = lock.options().on_error;
+                    return self
+                        .without_lock(policy, error, ticket, options, previous, load)
+                        .await;
                 }
             }
             let now = tokio::time::Instant::now();
             if deadline.is_some_and(|deadline| now >= deadline) {
                 counters.bump_lock_timeouts();
-                let servable = previous.as_ref().filter(|p| !p.meta.is_expired(self.now()));
-                return match (lock.options().on_timeout, servable) {
-                    (OnLockTimeout::ServeStale | OnLockTimeout::Fail, Some(servable)) => {
-                        Ok(Served::stale(servable.value.clone()))
-                    }
-                    (OnLockTimeout::Fail, None) => Err(Error::lock(format!(
-                        "waited {max_wait:?} for another process to load {key}"
-                    ))),
-                    _ => self.load(ticket, options, previous, load).await,
-                };
+                let policy = lock.options().on_timeout;
+                let error = Error::lock(format!(
+                    "waited {max_wait:?} for another process to load {key}"
+                ));
+                return self
+                    .without_lock(policy, error, ticket, options, previous, load)
+                    .await;
             }
             let pause = backoff.next_pause();
             let pause = deadline.map_or(pause, |deadline| pause.min(deadline - now));
@@ -322,6 +322,27 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                 self.tiers.refill(ticket, &entry, self.now());
                 return Ok(Served::cached(entry.value));
             }
+        }
+    }
+
+    /// When the lock cannot help (its wait ran out, or its store failed with `error`): load
+    /// anyway, serve the stale value, or fail, as `policy` says.
+    async fn without_lock(
+        &self,
+        policy: OnLockTimeout,
+        error: Error,
+        ticket: &Ticket,
+        options: &EntryOptions,
+        previous: Option<Stored<V>>,
+        load: impl LoadFn<V>,
+    ) -> Result<Served<V>> {
+        let servable = previous.as_ref().filter(|p| !p.meta.is_expired(self.now()));
+        match (policy, servable) {
+            (OnLockTimeout::ServeStale | OnLockTimeout::Fail, Some(servable)) => {
+                Ok(Served::stale(servable.value.clone()))
+            }
+            (OnLockTimeout::Fail, None) => Err(error),
+            _ => self.load(ticket, options, previous, load).await,
         }
     }
 

@@ -20,6 +20,7 @@ mod tags;
 pub use builder::RedisBackendBuilder;
 
 use crate::connection::{Connection, Idempotent, Request};
+use crate::keyspace::Keyspace;
 use crate::url::escape_glob;
 
 /// The default bound on one Redis command, retry included (250 ms).
@@ -76,11 +77,12 @@ struct Counters {
 /// `Debug` output shows the URL with its password redacted. Cloning is cheap and shares the
 /// connection.
 pub struct RedisBackend<C = JsonCodec> {
-    conn: Connection,
+    pub(crate) conn: Connection,
     codec: C,
     clock: SharedClock,
     redacted_url: String,
     scan_batch: usize,
+    pub(crate) keys: Keyspace,
     tag_prefix: Option<Arc<str>>,
     counters: Arc<Counters>,
 }
@@ -93,6 +95,7 @@ impl<C: Clone> Clone for RedisBackend<C> {
             clock: Arc::clone(&self.clock),
             redacted_url: self.redacted_url.clone(),
             scan_batch: self.scan_batch,
+            keys: self.keys.clone(),
             tag_prefix: self.tag_prefix.clone(),
             counters: Arc::clone(&self.counters),
         }
@@ -103,6 +106,7 @@ impl<C: fmt::Debug> fmt::Debug for RedisBackend<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
             .field("url", &self.redacted_url)
+            .field("key_prefix", &self.keys.prefix())
             .field("codec", &self.codec)
             .field("connection", &self.conn)
             .finish()
@@ -123,7 +127,11 @@ impl RedisBackend<JsonCodec> {
             pool_size: None,
             cluster: None,
             scan_batch: DEFAULT_SCAN_BATCH,
+            key_prefix: String::new(),
             tag_prefix: Some(DEFAULT_TAG_PREFIX.into()),
+            required: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls_root_ca: None,
         }
     }
 
@@ -159,9 +167,17 @@ impl<C: Codec> RedisBackend<C> {
         }
     }
 
-    /// A [`RedisLockStore`](crate::RedisLockStore) on the same connection, for the distributed lock guard.
+    /// A [`RedisLockStore`](crate::RedisLockStore) on the same connection, for the distributed
+    /// lock guard; its keys live under the key prefix too (`<key prefix>layercache:lock:<key>`).
     pub fn lock_store(&self) -> crate::RedisLockStore {
         crate::RedisLockStore::new(self.conn.clone())
+            .with_prefix(&self.keys.join(crate::DEFAULT_LOCK_PREFIX))
+    }
+
+    /// The prefix in front of every key this backend writes (empty by default); see
+    /// [`RedisBackendBuilder::key_prefix`].
+    pub fn key_prefix(&self) -> &str {
+        self.keys.prefix()
     }
 
     /// Sends a PING: `Ok` when Redis answers within the command timeout.
@@ -215,12 +231,12 @@ impl<C: Codec> RedisBackend<C> {
     ) -> Result<()> {
         let ttl = entry.meta.time_to_live(now);
         if ttl.is_zero() {
-            pipe.cmd("UNLINK").arg(key.as_str()).ignore();
+            pipe.cmd("UNLINK").arg(self.keys.key(key.as_str())).ignore();
         } else {
             let bytes = envelope::encode(&self.codec, entry)?;
             let px = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
             pipe.cmd("SET")
-                .arg(key.as_str())
+                .arg(self.keys.key(key.as_str()))
                 .arg(bytes)
                 .arg("PX")
                 .arg(px)
@@ -238,7 +254,7 @@ where
 {
     async fn get(&self, key: &Key) -> Result<Option<Entry<V>>> {
         let mut cmd = redis::cmd("GET");
-        cmd.arg(key.as_str());
+        cmd.arg(self.keys.key(key.as_str()));
         let bytes: Option<Vec<u8>> = self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await?;
         Ok(self.decode(key, bytes, self.clock.now()))
     }
@@ -257,7 +273,7 @@ where
 
     async fn delete(&self, key: &Key) -> Result<bool> {
         let mut cmd = redis::cmd("UNLINK");
-        cmd.arg(key.as_str());
+        cmd.arg(self.keys.key(key.as_str()));
         let removed: u64 = self.conn.query(Request::Cmd(&cmd), Idempotent::No).await?;
         Ok(removed > 0)
     }
@@ -286,7 +302,7 @@ where
         }
         let mut cmd = redis::cmd("MGET");
         for key in keys {
-            cmd.arg(key.as_str());
+            cmd.arg(self.keys.key(key.as_str()));
         }
         let values: Vec<Option<Vec<u8>>> =
             self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await?;
@@ -345,13 +361,17 @@ where
         }
         let mut cmd = redis::cmd("UNLINK");
         for key in keys {
-            cmd.arg(key.as_str());
+            cmd.arg(self.keys.key(key.as_str()));
         }
         self.conn.query(Request::Cmd(&cmd), Idempotent::No).await
     }
 
     async fn clear(&self, namespace: &Namespace) -> Result<u64> {
-        let pattern = format!("{}*", escape_glob(namespace.scope()));
+        let pattern = format!(
+            "{}{}*",
+            escape_glob(self.keys.prefix()),
+            escape_glob(namespace.scope())
+        );
         if self.conn.is_cluster() {
             let mut removed = 0;
             for (host, port) in self.conn.primaries().await? {

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::RedisBackend;
 use crate::connection::{Idempotent, Request};
+use crate::keyspace::RedisKey;
 
 /// Stores an envelope unless the key holds one (an entry or a tombstone) created at or after it
 /// (ADR 0012): on a tie, in the same millisecond, the load's store gives way. KEYS[1]; ARGV: the envelope, its PX, its `created_at` in
@@ -45,7 +46,7 @@ impl<C: Codec> RedisBackend<C> {
         pipe.cmd("EVAL")
             .arg(SET_IF_NEWER)
             .arg(1)
-            .arg(key.as_str())
+            .arg(self.keys.key(key.as_str()))
             .arg(bytes)
             .arg(px)
             .arg(entry.meta.created_at.as_millis());
@@ -122,7 +123,7 @@ impl<C: Codec> RedisBackend<C> {
         window: Duration,
     ) -> Result<bool> {
         let present = self
-            .tombstone_all(std::slice::from_ref(key), at, window)
+            .tombstone_all(&[self.keys.key(key.as_str())], at, window)
             .await?;
         Ok(present > 0)
     }
@@ -151,10 +152,8 @@ impl<C: Codec> RedisBackend<C> {
                 .conn
                 .query(Request::Cmd(&scan), Idempotent::Yes)
                 .await?;
-            let keys: Vec<Key> = members
-                .iter()
-                .filter_map(|m| Key::with_max_len(m, usize::MAX).ok())
-                .collect();
+            // Members are Redis keys, the key prefix included.
+            let keys: Vec<RedisKey<'_>> = members.iter().map(|m| RedisKey::raw(m)).collect();
             removed += self.tombstone_all(&keys, at, window).await?;
             if next == 0 {
                 break;
@@ -171,12 +170,17 @@ impl<C: Codec> RedisBackend<C> {
 
     /// Replaces each of `keys` with a tombstone at `at` (one pipeline; one command per key on a
     /// cluster); returns how many held a value.
-    async fn tombstone_all(&self, keys: &[Key], at: Timestamp, window: Duration) -> Result<u64> {
+    async fn tombstone_all(
+        &self,
+        keys: &[RedisKey<'_>],
+        at: Timestamp,
+        window: Duration,
+    ) -> Result<u64> {
         let px = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
         let tombstone = envelope::tombstone(at, at + window);
-        let command = |pipe: &mut redis::Pipeline, key: &Key| {
+        let command = |pipe: &mut redis::Pipeline, key: &RedisKey<'_>| {
             pipe.cmd("SET")
-                .arg(key.as_str())
+                .arg(key)
                 .arg(tombstone.as_slice())
                 .arg("PX")
                 .arg(px)

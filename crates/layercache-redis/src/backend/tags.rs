@@ -5,15 +5,16 @@ use layercache_core::{Codec, Entry, Error, Key, Result, Timestamp};
 
 use super::{DEFAULT_TAG_PREFIX, RedisBackend};
 use crate::connection::{Idempotent, Request};
+use crate::keyspace::RedisKey;
 
-/// Tags to the keys stored with them and the longest TTL among those (ms).
-pub(super) type TagGroups<'a> = std::collections::BTreeMap<&'a str, (Vec<&'a str>, u64)>;
+/// Tags to the (Redis) keys stored with them and the longest TTL among those (ms).
+pub(super) type TagGroups<'a> = std::collections::BTreeMap<&'a str, (Vec<RedisKey<'a>>, u64)>;
 
 impl<C: Codec> RedisBackend<C> {
     /// The tag index's work for stored `items`: each tag with the keys stored with it and the
     /// longest of their TTLs (ms). Empty without a tag index.
     pub(super) fn tag_groups<'a, V>(
-        &self,
+        &'a self,
         items: impl IntoIterator<Item = (&'a Key, &'a Entry<V>)>,
         now: Timestamp,
     ) -> TagGroups<'a>
@@ -31,23 +32,28 @@ impl<C: Codec> RedisBackend<C> {
             }
             for tag in entry.meta.tags.as_slice() {
                 let group = groups.entry(tag.as_str()).or_insert((Vec::new(), 0));
-                group.0.push(key.as_str());
+                group.0.push(self.keys.key(key.as_str()));
                 group.1 = group.1.max(px);
             }
         }
         groups
     }
 
+    /// The set of tag `tag`'s keys: `<key prefix><tag prefix><tag>`.
     pub(super) fn tag_key(&self, tag: &str) -> String {
-        format!(
-            "{}{tag}",
-            self.tag_prefix.as_deref().unwrap_or(DEFAULT_TAG_PREFIX)
-        )
+        let tag_prefix = self.tag_prefix.as_deref().unwrap_or(DEFAULT_TAG_PREFIX);
+        self.keys.join(&format!("{tag_prefix}{tag}"))
     }
 
     /// Adds the commands of one tag's group: SADD of its keys, then the set's expiry raised to
     /// the longest TTL (PEXPIRE NX sets it on a new set, GT only raises it). Answers ignored.
-    fn push_tag_group(&self, pipe: &mut redis::Pipeline, tag: &str, keys: &[&str], px: u64) {
+    fn push_tag_group(
+        &self,
+        pipe: &mut redis::Pipeline,
+        tag: &str,
+        keys: &[RedisKey<'_>],
+        px: u64,
+    ) {
         let tag_key = self.tag_key(tag);
         pipe.cmd("SADD").arg(&tag_key).arg(keys).ignore();
         pipe.cmd("PEXPIRE").arg(&tag_key).arg(px).arg("NX").ignore();

@@ -5,8 +5,10 @@
 //!   a small deadpool pool of its own: a blocking read would stall every other command sent on a
 //!   shared multiplexed connection. A read that overruns its bound takes its connection out of the
 //!   pool, so a late reply never reaches the next user.
-//! - `ack` is `XACK` + `XDEL` in one `MULTI`: the stream holds exactly the writes not yet done, so
-//!   `XLEN` is the backlog and `XRANGE - id` tells whether everything up to `id` is done.
+//! - `ack` is `XACK` + `XDEL` in one pipeline (not a `MULTI`, which restricted ACL users often
+//!   lack): the stream holds exactly the writes not yet done, so `XLEN` is the backlog and
+//!   `XRANGE - id` tells whether everything up to `id` is done. Both commands are idempotent; a
+//!   pipeline cut between them is sent again whole, and XDEL goes first.
 //! - `claim_stale` is `XAUTOCLAIM`, walking the pending list from the start.
 //!
 //! The group is created with `XGROUP CREATE stream group 0 MKSTREAM` (an existing group is kept) at
@@ -449,13 +451,15 @@ impl WriteJournal for RedisWriteJournal {
         if ids.is_empty() {
             return Ok(0);
         }
+        // XDEL first: a pipeline cut in between leaves a done write out of the stream (the
+        // backlog is right) with a pending-list entry that XAUTOCLAIM drops, never the reverse
+        // (acknowledged but still counted as not done).
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        pipe.cmd("XDEL").arg(&*self.stream).arg(ids).ignore();
         pipe.cmd("XACK")
             .arg(&*self.stream)
             .arg(&*self.group)
             .arg(ids);
-        pipe.cmd("XDEL").arg(&*self.stream).arg(ids).ignore();
         let (acked,): (u64,) = self
             .conn
             .query(Request::Pipe(&pipe), Idempotent::Yes)
