@@ -1,5 +1,6 @@
 //! [`RedisBackendBuilder`]: settings, checks, and the three ways to connect.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use crate::connection::{Connection, redis_error};
 use crate::url::redact;
 
 /// Builds a [`RedisBackend`]; see [`RedisBackend::builder`].
-#[derive(Debug)]
+///
+/// `Debug` output shows the URLs with their passwords redacted, and no certificate.
 pub struct RedisBackendBuilder<C = JsonCodec> {
     pub(super) url: String,
     pub(super) codec: C,
@@ -22,7 +24,44 @@ pub struct RedisBackendBuilder<C = JsonCodec> {
     pub(super) pool_size: Option<usize>,
     pub(super) cluster: Option<Vec<String>>,
     pub(super) scan_batch: usize,
+    pub(super) key_prefix: String,
     pub(super) tag_prefix: Option<Arc<str>>,
+    pub(super) required: Vec<crate::RedisFeature>,
+    /// The CA certificates (PEM) trusted for `rediss://` instead of the default roots.
+    #[cfg(feature = "tls")]
+    pub(super) tls_root_ca: Option<Vec<u8>>,
+}
+
+impl<C: fmt::Debug> fmt::Debug for RedisBackendBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("RedisBackendBuilder");
+        d.field("url", &redact(&self.url))
+            .field(
+                "cluster",
+                &self
+                    .cluster
+                    .as_ref()
+                    .map(|nodes| nodes.iter().map(|node| redact(node)).collect::<Vec<_>>()),
+            )
+            .field("codec", &self.codec)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .field("pool_size", &self.pool_size)
+            .field("scan_batch", &self.scan_batch)
+            .field("key_prefix", &self.key_prefix)
+            .field("tag_prefix", &self.tag_prefix);
+        #[cfg(feature = "tls")]
+        d.field(
+            "tls_root_ca",
+            &if self.tls_root_ca.is_some() {
+                "<set>"
+            } else {
+                "default roots"
+            },
+        );
+        d.finish_non_exhaustive()
+    }
 }
 
 impl<C: Codec> RedisBackendBuilder<C> {
@@ -38,8 +77,47 @@ impl<C: Codec> RedisBackendBuilder<C> {
             pool_size: self.pool_size,
             cluster: self.cluster,
             scan_batch: self.scan_batch,
+            key_prefix: self.key_prefix,
             tag_prefix: self.tag_prefix,
+            required: self.required,
+            #[cfg(feature = "tls")]
+            tls_root_ca: self.tls_root_ca,
         }
+    }
+
+    /// Trust the CA certificates in `pem` (one or more PEM `CERTIFICATE` blocks) for `rediss://`
+    /// connections, instead of the default roots: for a Redis whose certificate a private CA
+    /// issued. Default: no custom CA; `rediss://` trusts the webpki roots (Mozilla's CA set).
+    ///
+    /// The server's certificate must still name the URL's host. Applies to the shared connection,
+    /// the pool and every cluster node. [`connect`](Self::connect) and
+    /// [`connect_lazy`](Self::connect_lazy) fail with a config error when `pem` holds no
+    /// certificate or a URL is not `rediss://`. Only with the `tls` feature.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_ca = Some(pem.into());
+        self
+    }
+
+    /// A prefix in front of every key the backend writes (default none): entries, tombstones,
+    /// the tag index and the [lock store](RedisBackend::lock_store)'s locks. Give the prefix a
+    /// restricted Redis user is allowed (`app1:` for an ACL of `~app1:*`); see
+    /// `docs/redis-permissions.md`. The cache's own keys do not change: `user:1` is stored as
+    /// `app1:user:1` and read back as `user:1`.
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// At [`connect`](Self::connect), check that the Redis user may run what `features` need
+    /// (default: no check); a refusal fails the connect with a `Permission` error naming the
+    /// feature and the command. See [`RedisBackend::check_permissions`].
+    #[must_use]
+    pub fn check_permissions(mut self, features: &[crate::RedisFeature]) -> Self {
+        self.required = features.to_vec();
+        self
     }
 
     /// Where the tag index lives (default [`DEFAULT_TAG_PREFIX`](crate::DEFAULT_TAG_PREFIX)): each tag is a set of the keys
@@ -118,13 +196,20 @@ impl<C: Codec> RedisBackendBuilder<C> {
                 "scan_batch and pool size must be greater than zero",
             ));
         }
+        #[cfg(feature = "tls")]
+        self.check_tls()?;
         Ok(())
     }
 
     fn client(&self) -> Result<redis::Client> {
-        redis::Client::open(self.url.as_str()).map_err(|e| {
+        let invalid = |e: redis::RedisError| {
             Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
-        })
+        };
+        #[cfg(feature = "tls")]
+        if let Some(certificates) = self.tls_certificates() {
+            return redis::Client::build_with_tls(self.url.as_str(), certificates).map_err(invalid);
+        }
+        redis::Client::open(self.url.as_str()).map_err(invalid)
     }
 
     fn manager_config(&self) -> ConnectionManagerConfig {
@@ -137,11 +222,12 @@ impl<C: Codec> RedisBackendBuilder<C> {
     }
 
     fn pool_connection(&self, size: usize) -> Result<Connection> {
-        let pool = deadpool_redis::Config::from_url(self.url.as_str())
-            .builder()
-            .map_err(|e| {
-                Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
-            })?
+        // The pool's connections are made from the same client (with its TLS settings).
+        let info = self.client()?.get_connection_info().clone();
+        let manager = deadpool_redis::Manager::new(info).map_err(|e| {
+            Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
+        })?;
+        let pool = deadpool_redis::Pool::builder(manager)
             .max_size(size)
             .wait_timeout(Some(self.command_timeout))
             .create_timeout(Some(self.connect_timeout))
@@ -158,6 +244,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
             clock: self.clock,
             redacted_url: redact(&self.url),
             scan_batch: self.scan_batch,
+            keys: crate::keyspace::Keyspace::new(self.key_prefix),
             tag_prefix: self.tag_prefix,
             counters: Arc::default(),
         }
@@ -173,11 +260,15 @@ impl<C: Codec> RedisBackendBuilder<C> {
         };
         let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
             .connection_timeout(self.connect_timeout)
-            .response_timeout(self.command_timeout)
-            .build()
-            .map_err(|e| {
-                Error::config(format!("invalid cluster nodes {}", shown())).with_source(e)
-            })?;
+            .response_timeout(self.command_timeout);
+        #[cfg(feature = "tls")]
+        let client = match self.tls_certificates() {
+            Some(certificates) => client.certs(certificates),
+            None => client,
+        };
+        let client = client.build().map_err(|e| {
+            Error::config(format!("invalid cluster nodes {}", shown())).with_source(e)
+        })?;
         let cluster = tokio::time::timeout(self.connect_timeout, client.get_async_connection())
             .await
             .map_err(|_| {
@@ -189,28 +280,48 @@ impl<C: Codec> RedisBackendBuilder<C> {
         Ok(Connection::cluster(cluster, self.command_timeout))
     }
 
-    /// Connects, and fails with an `Unavailable` or `Timeout` error when Redis cannot be reached.
-    pub async fn connect(self) -> Result<RedisBackend<C>> {
+    /// Why a connection manager did not connect in time: it retries a refused password or a
+    /// refused connection as if the network were slow, so one plain connection attempt (bounded
+    /// by the connect timeout too) tells a `Permission` or `Unavailable` error from a timeout.
+    async fn why_not_connected(&self, client: &redis::Client) -> Error {
+        let shown = redact(&self.url);
+        match tokio::time::timeout(
+            self.connect_timeout,
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        {
+            Ok(Err(e)) => redis_error(e).context(format!("connecting to {shown}")),
+            _ => Error::timeout(format!("connecting to {shown} timed out")),
+        }
+    }
+
+    /// Connects, and fails with an `Unavailable` or `Timeout` error when Redis cannot be reached
+    /// (within twice the connect timeout), a `Permission` error when it refuses the password.
+    pub async fn connect(mut self) -> Result<RedisBackend<C>> {
         self.check()?;
         let conn = match (&self.cluster, self.pool_size) {
             (Some(nodes), _) => self.cluster_connection(nodes).await?,
             (None, Some(size)) => self.pool_connection(size)?,
             (None, None) => {
                 let client = self.client()?;
-                let connecting = ConnectionManager::new_with_config(client, self.manager_config());
-                let manager = tokio::time::timeout(self.connect_timeout, connecting)
-                    .await
-                    .map_err(|_| {
-                        Error::timeout(format!("connecting to {} timed out", redact(&self.url)))
-                    })?
-                    .map_err(|e| {
+                let connecting =
+                    ConnectionManager::new_with_config(client.clone(), self.manager_config());
+                let manager = match tokio::time::timeout(self.connect_timeout, connecting).await {
+                    Ok(connected) => connected.map_err(|e| {
                         redis_error(e).context(format!("connecting to {}", redact(&self.url)))
-                    })?;
+                    })?,
+                    Err(_) => return Err(self.why_not_connected(&client).await),
+                };
                 Connection::manager(manager, self.command_timeout)
             }
         };
+        let required = std::mem::take(&mut self.required);
         let backend = self.finish(conn);
         backend.ping().await?;
+        if !required.is_empty() {
+            backend.check_permissions(&required).await?;
+        }
         Ok(backend)
     }
 
@@ -241,5 +352,57 @@ impl<C: Codec> RedisBackendBuilder<C> {
             }
         };
         Ok(self.finish(conn))
+    }
+}
+
+/// The `tls` feature's part: a custom CA, checked before connecting.
+#[cfg(feature = "tls")]
+impl<C> RedisBackendBuilder<C> {
+    /// Every URL this builder connects to: the cluster's nodes, or the one URL.
+    fn urls(&self) -> impl Iterator<Item = &str> {
+        let single = self.cluster.is_none().then_some(self.url.as_str());
+        self.cluster
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(single)
+    }
+
+    fn check_tls(&self) -> Result<()> {
+        if self.urls().any(crate::url::is_tls) {
+            crate::url::ensure_crypto_provider();
+        }
+        let Some(pem) = &self.tls_root_ca else {
+            return Ok(());
+        };
+        if let Some(plain) = self.urls().find(|url| !crate::url::is_tls(url)) {
+            return Err(Error::config(format!(
+                "tls_root_ca needs rediss:// URLs, and {} is not one",
+                redact(plain)
+            )));
+        }
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut certificates = 0_usize;
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            certificate.map_err(|e| {
+                Error::config("tls_root_ca: a PEM certificate does not parse").with_source(e)
+            })?;
+            certificates += 1;
+        }
+        if certificates == 0 {
+            return Err(Error::config(
+                "tls_root_ca holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The certificates redis-rs builds its TLS config from, when a custom CA is set.
+    fn tls_certificates(&self) -> Option<redis::TlsCertificates> {
+        self.tls_root_ca.as_ref().map(|pem| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        })
     }
 }
