@@ -18,6 +18,26 @@ pub(crate) fn redact(url: &str) -> String {
     format!("{}{}@{}", &url[..scheme_end + 3], user, &rest[at + 1..])
 }
 
+/// Whether `url` asks for TLS (`rediss://`).
+#[cfg(feature = "tls")]
+pub(crate) fn is_tls(url: &str) -> bool {
+    url.get(..9)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
+}
+
+/// Makes sure rustls has a process-wide crypto provider before redis-rs builds a TLS config
+/// (it asks rustls for the process default, and panics without one). Installs `ring`, the
+/// provider the `tls` feature enables, unless the application installed one of its own; that is
+/// what rustls does by itself when `ring` is the only provider compiled in, and this keeps it so
+/// when another crate compiles in a second one.
+#[cfg(feature = "tls")]
+pub(crate) fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// `pattern` with Redis glob characters escaped, so SCAN MATCH takes it literally.
 pub(crate) fn escape_glob(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len() + 4);
@@ -50,6 +70,15 @@ mod tests {
         );
         assert_eq!(redact("redis://token@host"), "redis://***@host");
         assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_urls_are_recognised() {
+        assert!(is_tls("rediss://localhost:6380"));
+        assert!(is_tls("REDISS://localhost"));
+        assert!(!is_tls("redis://localhost"));
+        assert!(!is_tls("redis"));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 mod conformance;
 mod faults;
 mod ordering;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::sync::OnceLock;
 

@@ -9,6 +9,7 @@ use super::files::create_temp_dir;
 use super::launch::{LaunchError, Spec, State};
 use super::ports::reserve_port;
 use super::process::RedisServer;
+use super::tls::{DEFAULT_TLS_NAMES, TlsFiles};
 use super::{START_ATTEMPTS, lock};
 
 /// Directives the server manages itself; setting them through [`RedisServerBuilder::config`]
@@ -20,6 +21,7 @@ const MANAGED_DIRECTIVES: &[&str] = &[
     "logfile",
     "daemonize",
     "cluster-port",
+    "tls-port",
 ];
 
 /// Builder for a [`RedisServer`]; see [`RedisServer::builder`].
@@ -29,6 +31,8 @@ pub struct RedisServerBuilder {
     bind_ipv6: bool,
     config: Vec<(String, String)>,
     raw_args: Vec<OsString>,
+    /// The names of the server certificate; `Some` turns TLS on.
+    tls_names: Option<Vec<String>>,
 }
 
 impl RedisServerBuilder {
@@ -41,7 +45,8 @@ impl RedisServerBuilder {
     /// # Panics
     ///
     /// For the directives the server manages itself: `port`, `bind`, `dir`, `logfile`,
-    /// `daemonize`, `cluster-port` (use [`RedisServerBuilder::bind_ipv6`] for `bind`).
+    /// `daemonize`, `cluster-port`, `tls-port` (use [`RedisServerBuilder::bind_ipv6`] for `bind`,
+    /// [`RedisServerBuilder::tls`] for `tls-port`).
     #[must_use]
     pub fn config(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         let name = name.into();
@@ -71,6 +76,44 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Also listen with TLS (default: off), on a second free loopback port beside the plain one.
+    ///
+    /// At start, a fresh CA ([`TestCa`](super::TestCa)) issues a certificate for `localhost`,
+    /// `127.0.0.1` and `::1` (see [`RedisServerBuilder::tls_names`]); the CA, the certificate and
+    /// its key are written into the server's directory and passed as `tls-ca-cert-file`,
+    /// `tls-cert-file` and `tls-key-file`. Clients need no certificate (`tls-auth-clients no`;
+    /// `.config("tls-auth-clients", "optional")` changes that). The server then offers
+    /// [`RedisServer::tls_url`], [`RedisServer::tls_ca_pem`] and [`RedisServer::tls_ca_path`].
+    ///
+    /// Needs a `redis-server` built with TLS (`BUILD_TLS=yes`, as Debian's); with another,
+    /// [`RedisServerBuilder::start`] panics and says so.
+    #[must_use]
+    pub fn tls(mut self, tls: bool) -> Self {
+        self.tls_names = match (tls, self.tls_names.take()) {
+            (false, _) => None,
+            (true, Some(names)) => Some(names),
+            (true, None) => Some(
+                DEFAULT_TLS_NAMES
+                    .iter()
+                    .map(|&name| name.to_owned())
+                    .collect(),
+            ),
+        };
+        self
+    }
+
+    /// Turns TLS on (see [`RedisServerBuilder::tls`]) with a server certificate valid only for
+    /// `names` (DNS names or IP addresses): a client connecting by any other name must refuse it.
+    #[must_use]
+    pub fn tls_names<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tls_names = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Uses this `redis-server` binary instead of looking it up (see [`redis_server_binary`]).
     #[must_use]
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
@@ -86,21 +129,26 @@ impl RedisServerBuilder {
     /// # Panics
     ///
     /// When `redis-server` cannot be found (see [`redis_server_binary`]), when it exits during
-    /// startup (bad directive, ...) or does not answer `PING` within 10 s. The message carries
-    /// the tail of its log.
+    /// startup (bad directive, no TLS support, ...) or does not answer `PING` within 10 s. The
+    /// message carries the tail of its log.
     pub fn start(self) -> RedisServer {
         // Built before the process so that `Drop` removes the directory if starting panics.
         let mut server = RedisServer {
             spec: self.into_spec(),
             port: 0,
             cluster_port: None,
+            tls_port: None,
             state: Mutex::new(State::default()),
         };
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
             server.port = reserve_port(server.spec.bind_ipv6);
             server.cluster_port = server.spec.cluster.then(|| reserve_port(false));
-            match server.spec.launch(server.port, server.cluster_port) {
+            server.tls_port = server.spec.tls.is_some().then(|| reserve_port(false));
+            match server
+                .spec
+                .launch(server.port, server.cluster_port, server.tls_port)
+            {
                 Ok(running) => {
                     lock(&server.state).running = Some(running);
                     return server;
@@ -153,6 +201,7 @@ impl RedisServerBuilder {
         }
         user_args.extend(self.raw_args);
         let dir = create_temp_dir();
+        let tls = self.tls_names.map(|names| TlsFiles::create(&dir, &names));
         Spec {
             binary,
             bind_ipv6: self.bind_ipv6,
@@ -160,6 +209,7 @@ impl RedisServerBuilder {
             password,
             auth_unknown,
             cluster,
+            tls,
             log_path: dir.join("redis.log"),
             output_path: dir.join("redis.out"),
             dir,

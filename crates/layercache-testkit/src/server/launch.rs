@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::files::{file_len, last_lines, read_from};
 use super::resp::{Reply, RespConnection, info_field};
+use super::tls::{TlsFiles, no_tls_hint};
 use super::watchdog::spawn_watchdog;
 use super::{HOST, POLL_INTERVAL, PROBE_TIMEOUT};
 
@@ -42,6 +43,8 @@ pub(crate) struct Spec {
     /// raw arguments).
     pub(crate) auth_unknown: bool,
     pub(crate) cluster: bool,
+    /// The certificates of a TLS server; its `tls-port` is chosen at start like the port.
+    pub(crate) tls: Option<TlsFiles>,
     pub(crate) dir: PathBuf,
     pub(crate) log_path: PathBuf,
     pub(crate) output_path: PathBuf,
@@ -103,7 +106,7 @@ pub(crate) struct State {
 }
 
 impl Spec {
-    fn args(&self, port: u16, cluster_port: Option<u16>) -> Vec<OsString> {
+    fn args(&self, port: u16, cluster_port: Option<u16>, tls_port: Option<u16>) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
             "--port".into(),
             port.to_string().into(),
@@ -134,15 +137,20 @@ impl Spec {
             args.push("--cluster-port".into());
             args.push(cluster_port.to_string().into());
         }
+        if let (Some(tls), Some(tls_port)) = (&self.tls, tls_port) {
+            args.extend(tls.args(tls_port));
+        }
         args.extend(self.user_args.iter().cloned());
         args
     }
 
-    /// Spawns the process and waits until it answers `PING` on `port`.
+    /// Spawns the process and waits until it answers `PING` on `port` (a TLS server listens on
+    /// `tls_port` by then too: Redis opens every listener before it serves any).
     pub(crate) fn launch(
         &self,
         port: u16,
         cluster_port: Option<u16>,
+        tls_port: Option<u16>,
     ) -> Result<Running, LaunchError> {
         let log_offset = file_len(&self.log_path);
         let output_offset = file_len(&self.output_path);
@@ -162,7 +170,7 @@ impl Spec {
             ))
         })?;
         let child = Command::new(&self.binary)
-            .args(self.args(port, cluster_port))
+            .args(self.args(port, cluster_port, tls_port))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(output))
@@ -201,7 +209,12 @@ impl Spec {
                     read_from(&self.log_path, log_offset),
                     read_from(&self.output_path, output_offset)
                 );
-                let message = format!("redis-server exited during startup ({status})");
+                let hint = if self.tls.is_some() {
+                    no_tls_hint(&new_output)
+                } else {
+                    ""
+                };
+                let message = format!("redis-server exited during startup ({status}){hint}");
                 return Err(
                     if new_output.contains("Address already in use")
                         || new_output.contains("EADDRINUSE")

@@ -30,6 +30,12 @@
 //! process and kills the server (and removes its directory) when that pipe closes, that is when
 //! the test process is gone.
 //!
+//! # TLS
+//!
+//! [`RedisServerBuilder::tls`] also opens a TLS port, with a certificate authority ([`TestCa`])
+//! and a server certificate generated at start; [`RedisServer::tls_url`] and
+//! [`RedisServer::tls_ca_pem`] are what a client needs. Addresses stay loopback only.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -53,12 +59,14 @@ mod ports;
 mod process;
 mod resp;
 mod signals;
+mod tls;
 mod watchdog;
 
 pub use binary::{REDIS_CLI_ENV, REDIS_SERVER_ENV, redis_server_binary};
 pub use builder::RedisServerBuilder;
 pub use cluster::RedisCluster;
 pub use process::RedisServer;
+pub use tls::{IssuedCert, TestCa};
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;

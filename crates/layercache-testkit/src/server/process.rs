@@ -33,6 +33,7 @@ pub struct RedisServer {
     pub(crate) spec: Spec,
     pub(crate) port: u16,
     pub(crate) cluster_port: Option<u16>,
+    pub(crate) tls_port: Option<u16>,
     pub(crate) state: Mutex<State>,
 }
 
@@ -173,7 +174,10 @@ impl RedisServer {
                 // Back off: whoever holds the port (a lingering socket, another test) may let go.
                 thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
             }
-            match self.spec.launch(self.port, self.cluster_port) {
+            match self
+                .spec
+                .launch(self.port, self.cluster_port, self.tls_port)
+            {
                 Ok(running) => {
                     state.running = Some(running);
                     return;

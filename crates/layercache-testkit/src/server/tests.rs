@@ -129,7 +129,7 @@ fn reserved_ports_are_unique() {
 /// retry with another port.
 fn expect_addr_in_use(port: u16) {
     let spec = RedisServer::builder().into_spec();
-    let result = spec.launch(port, None);
+    let result = spec.launch(port, None, None);
     let diagnostics = spec.diagnostics();
     let _ = fs::remove_dir_all(&spec.dir);
     match result {
@@ -171,4 +171,95 @@ fn launch_on_a_port_held_by_another_redis_reports_addr_in_use() {
 #[should_panic(expected = "managed by RedisServer")]
 fn managed_directives_are_rejected() {
     let _ = RedisServer::builder().config("port", "1234");
+}
+
+/// Runs `redis-cli` over TLS against `port`, trusting `ca`, and returns its stdout and stderr.
+fn redis_cli_tls(server: &RedisServer, host: &str, ca: &std::path::Path) -> (bool, String) {
+    let cli = super::binary::redis_cli_binary(&server.spec.binary)
+        .unwrap_or_else(|message| panic!("{message}"));
+    let port = server.tls_port().expect("a TLS port");
+    let output = std::process::Command::new(&cli)
+        .args(["--tls", "--cacert"])
+        .arg(ca)
+        .args(["-h", host, "-p", &port.to_string(), "PING"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("could not run {}: {error}", cli.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success() && text.contains("PONG"), text)
+}
+
+#[test]
+fn a_tls_server_answers_over_tls_with_its_ca_and_keeps_its_port_across_restarts() {
+    let server = RedisServer::builder().tls(true).start();
+    let tls_port = server.tls_port().expect("a TLS port");
+    assert_ne!(tls_port, server.port());
+    assert_eq!(server.tls_url(), format!("rediss://127.0.0.1:{tls_port}/"));
+    assert!(
+        server
+            .tls_ca_pem()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert_eq!(
+        fs::read_to_string(server.tls_ca_path()).expect("the CA file"),
+        server.tls_ca_pem()
+    );
+    assert!(server.tls_ca_path().starts_with(server.dir()));
+
+    for host in ["127.0.0.1", "localhost"] {
+        let (ok, output) = redis_cli_tls(&server, host, server.tls_ca_path());
+        assert!(ok, "TLS PING to {host} failed: {output}");
+    }
+
+    server.restart();
+    assert_eq!(server.tls_port(), Some(tls_port));
+    let (ok, output) = redis_cli_tls(&server, "127.0.0.1", server.tls_ca_path());
+    assert!(ok, "TLS PING after restart failed: {output}");
+}
+
+#[test]
+fn a_tls_server_is_refused_by_a_client_trusting_another_ca() {
+    let server = RedisServer::builder().tls(true).start();
+    let other = super::TestCa::new();
+    let path = server.dir().join("other-ca.crt");
+    fs::write(&path, other.cert_pem()).expect("write the other CA");
+    let (ok, output) = redis_cli_tls(&server, "127.0.0.1", &path);
+    assert!(!ok, "a client trusting another CA got PONG: {output}");
+}
+
+#[test]
+fn tls_names_limit_the_server_certificate() {
+    let server = RedisServer::builder().tls_names(["localhost"]).start();
+    let (ok, output) = redis_cli_tls(&server, "localhost", server.tls_ca_path());
+    assert!(ok, "TLS PING to localhost failed: {output}");
+    let cert = fs::read_to_string(server.dir().join("server.crt")).expect("the certificate");
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+}
+
+#[test]
+#[should_panic(expected = "was started without TLS")]
+fn tls_accessors_of_a_plain_server_panic_clearly() {
+    let server = RedisServer::start();
+    assert_eq!(server.tls_port(), None);
+    let _ = server.tls_url();
+}
+
+#[test]
+#[should_panic(expected = "managed by RedisServer")]
+fn the_tls_port_is_managed() {
+    let _ = RedisServer::builder().config("tls-port", "1234");
+}
+
+#[test]
+fn debug_output_leaves_out_private_keys() {
+    let ca = super::TestCa::new();
+    let issued = ca.issue(&["localhost"]);
+    assert!(issued.key_pem.contains("PRIVATE KEY"));
+    let shown = format!("{ca:?} {issued:?}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    assert!(!shown.contains(&issued.key_pem), "{shown}");
 }
