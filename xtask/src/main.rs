@@ -6,6 +6,7 @@
 //! cargo xtask test           # the CI entry: every check, in order
 //! cargo xtask lint           # rustfmt, clippy, architecture checks
 //! cargo xtask bench [ARGS]   # cargo bench -p benches -- ARGS
+//! cargo xtask fuzz [SECONDS]  # fuzz the envelope decoder (default 60 s)
 //! cargo xtask redis          # install redis-server when missing
 //! cargo xtask arch           # architecture checks only
 //! ```
@@ -38,6 +39,10 @@ COMMANDS:
     lint            rustfmt --check, clippy -D warnings, architecture checks.
     arch            Architecture checks only (which crate may depend on which).
     bench [ARGS]    cargo bench -p benches -- ARGS (e.g. `cargo xtask bench get`).
+    fuzz [SECONDS]  Fuzz the envelope decoder for SECONDS (default 60) with cargo-fuzz
+                      (installed when missing) on the stable toolchain, from the seed
+                      corpus in fuzz/corpus/envelope_decode; crashes land in
+                      fuzz/artifacts/envelope_decode and fail the command.
     redis           Ensure redis-server is installed (apt-get when root).
     help            This text.
 
@@ -51,6 +56,13 @@ ENVIRONMENT:
 /// `--all-features` makes sure optional features (e.g. `tls` on
 /// `layercache-redis`) compile; empty it to build default features only.
 const FEATURES: &[&str] = &["--all-features"];
+
+/// The fuzz target of `cargo xtask fuzz` (fuzz/fuzz_targets/), and its seed corpus's directory
+/// name under fuzz/corpus/.
+const FUZZ_TARGET: &str = "envelope_decode";
+
+/// How long `cargo xtask fuzz` runs without an argument, in seconds.
+const DEFAULT_FUZZ_SECONDS: u64 = 60;
 
 /// Hint printed when redis-server is missing and cannot be installed here.
 const REDIS_INSTALL_HINT: &str = "install it with `sudo apt-get install redis-server` (Debian/Ubuntu) \
@@ -115,6 +127,16 @@ fn main() -> ExitCode {
         "bench" => run_steps(&[Step::new("benches", || {
             run(cargo().args(["bench", "-p", "benches", "--"]).args(rest))
         })]),
+        "fuzz" => match fuzz_seconds(rest) {
+            Some(seconds) => run_steps(&fuzz_steps(seconds)),
+            None => {
+                eprintln!(
+                    "error: `cargo xtask fuzz` takes one optional number of seconds, got {rest:?}\n"
+                );
+                eprint!("{USAGE}");
+                ExitCode::from(2)
+            }
+        },
         "test" | "lint" | "redis" | "arch" => {
             eprintln!("error: `cargo xtask {command}` takes no arguments, got {rest:?}\n");
             eprint!("{USAGE}");
@@ -164,6 +186,63 @@ fn test_steps() -> Vec<Step<'static>> {
         }),
     ]);
     steps
+}
+
+/// The seconds `cargo xtask fuzz` was asked to run: none given is the default, anything but one
+/// positive number is `None`.
+fn fuzz_seconds(args: &[String]) -> Option<u64> {
+    match args {
+        [] => Some(DEFAULT_FUZZ_SECONDS),
+        [seconds] => seconds.parse().ok().filter(|&s| s > 0),
+        _ => None,
+    }
+}
+
+/// The steps of `cargo xtask fuzz`: install cargo-fuzz when missing, then fuzz.
+///
+/// The fuzz crate is its own workspace with its own target dir (fuzz/target), so its
+/// instrumented build never invalidates the workspace's. cargo-fuzz passes nightly `-Z` flags
+/// (the sanitizer, coverage instrumentation); `RUSTC_BOOTSTRAP=1` lets the stable toolchain
+/// take them. New inputs go to a scratch corpus under fuzz/target, so the committed seed
+/// corpus stays small.
+fn fuzz_steps(seconds: u64) -> Vec<Step<'static>> {
+    vec![
+        Step::new("ensure cargo-fuzz", ensure_cargo_fuzz),
+        Step::new("fuzz envelope_decode", move || {
+            let fuzz = workspace_root().join("fuzz");
+            let scratch = fuzz.join("target").join("corpus").join(FUZZ_TARGET);
+            std::fs::create_dir_all(&scratch)
+                .map_err(|e| Error::new(format!("cannot create {}: {e}", scratch.display())))?;
+            run(cargo()
+                .args(["fuzz", "run", FUZZ_TARGET, "--sanitizer", "address"])
+                .arg("--fuzz-dir")
+                .arg(&fuzz)
+                .arg("--target-dir")
+                .arg(fuzz.join("target"))
+                .arg(&scratch)
+                .arg(fuzz.join("corpus").join(FUZZ_TARGET))
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}"))
+                .arg("-print_final_stats=1")
+                .env("RUSTC_BOOTSTRAP", "1"))
+        }),
+    ]
+}
+
+/// Installs cargo-fuzz with `cargo install --locked` unless `cargo fuzz` already runs.
+fn ensure_cargo_fuzz() -> Result {
+    let installed = cargo()
+        .args(["fuzz", "--version"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if installed {
+        println!("    cargo-fuzz is installed");
+        return Ok(());
+    }
+    run(cargo().args(["install", "cargo-fuzz", "--locked"]))
 }
 
 /// The steps of `cargo xtask lint` (also part of `cargo xtask test`).

@@ -211,8 +211,69 @@ impl Codec for MsgPackCodec {
     }
 
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        check_msgpack_lengths(bytes)?;
         rmp_serde::from_slice(bytes).map_err(|e| CodecError::Decode(e.to_string()))
     }
+}
+
+/// Walks the first MessagePack value of `bytes` and refuses it if an array or map claims more
+/// items than bytes remain (every item takes at least one).
+///
+/// rmp-serde hands a container's claimed length to serde as its size hint, and serde reserves
+/// up to 1 MiB from it: without this walk, five hostile bytes (`0xdd ff ff ff ff`) would make
+/// a decode reserve a megabyte. With it, what is reserved is proportional to the input.
+#[cfg(feature = "msgpack")]
+fn check_msgpack_lengths(bytes: &[u8]) -> Result<(), CodecError> {
+    let short = || CodecError::Decode("MessagePack value claims more than its bytes".into());
+    let len_at = |at: usize, n: usize| -> Result<usize, CodecError> {
+        let field = bytes.get(at..at + n).ok_or_else(short)?;
+        Ok(field
+            .iter()
+            .fold(0usize, |len, &b| (len << 8) | usize::from(b)))
+    };
+    let (mut at, mut pending) = (0usize, 1usize);
+    while pending > 0 {
+        pending -= 1;
+        let marker = *bytes.get(at).ok_or_else(short)?;
+        at += 1;
+        // (bytes to skip after the marker, items the value contains)
+        let (skip, items) = match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0),
+            0x80..=0x8f => (0, 2 * usize::from(marker & 0x0f)),
+            0x90..=0x9f => (0, usize::from(marker & 0x0f)),
+            0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
+            0xc4 | 0xd9 => (1 + len_at(at, 1)?, 0),
+            0xc5 | 0xda => (2 + len_at(at, 2)?, 0),
+            0xc6 | 0xdb => (4 + len_at(at, 4)?, 0),
+            // ext 8/16/32: length, type byte, data.
+            0xc7 => (2 + len_at(at, 1)?, 0),
+            0xc8 => (3 + len_at(at, 2)?, 0),
+            0xc9 => (5 + len_at(at, 4)?, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 | 0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xd6 => (5, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (2, len_at(at, 2)?),
+            0xdd => (4, len_at(at, 4)?),
+            0xde => (2, 2 * len_at(at, 2)?),
+            0xdf => (4, len_at(at, 4)?.saturating_mul(2)),
+            // 0xc1 is never used.
+            _ => return Err(CodecError::Decode("invalid MessagePack marker 0xc1".into())),
+        };
+        at = at
+            .checked_add(skip)
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(short)?;
+        pending = pending.saturating_add(items);
+        if pending > bytes.len() - at {
+            return Err(short());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -242,6 +303,37 @@ mod tests {
     #[test]
     fn json_round_trips() {
         round_trip(&JsonCodec);
+    }
+
+    #[cfg(feature = "msgpack")]
+    #[test]
+    fn msgpack_refuses_containers_longer_than_their_bytes() {
+        let nested = vec![vec![("ä".to_owned(), 1u64 << 40)], vec![]];
+        let mut buf = Vec::new();
+        MsgPackCodec.encode(&nested, &mut buf).unwrap();
+        assert!(check_msgpack_lengths(&buf).is_ok());
+        assert_eq!(
+            MsgPackCodec
+                .decode::<Vec<Vec<(String, u64)>>>(&buf)
+                .unwrap(),
+            nested
+        );
+        for hostile in [
+            &[0xdd, 0xff, 0xff, 0xff, 0xff][..],
+            &[0xdf, 0xff, 0xff, 0xff, 0xff],
+            &[0x93, 0x01, 0x02],
+            &[0xdb, 0xff, 0xff, 0xff, 0xff],
+            &[0xc1],
+            &[],
+        ] {
+            assert!(
+                matches!(
+                    MsgPackCodec.decode::<Vec<String>>(hostile),
+                    Err(CodecError::Decode(_))
+                ),
+                "{hostile:02x?}"
+            );
+        }
     }
 
     #[cfg(feature = "msgpack")]
