@@ -66,6 +66,10 @@ impl<C: fmt::Debug> fmt::Debug for RedisBackendBuilder<C> {
 
 impl<C: Codec> RedisBackendBuilder<C> {
     /// The codec values are stored with (default [`JsonCodec`]).
+    ///
+    /// To compress large values, wrap the codec: `.codec(Compressed::new(JsonCodec))` (from
+    /// `layercache_core::envelope`, feature `compression`) LZ4-compresses payloads over 4 KiB,
+    /// or over `Compressed::threshold`. Readers with the plain codec decompress them too.
     pub fn codec<C2: Codec>(self, codec: C2) -> RedisBackendBuilder<C2> {
         RedisBackendBuilder {
             url: self.url,
