@@ -22,7 +22,11 @@ fn check<C: Codec>(codec: &C, data: &[u8]) {
     // Nothing decoded is larger than LZ4 could expand the input to.
     let size: usize = entry.value.iter().map(String::len).sum::<usize>()
         + meta.tags.as_slice().iter().map(String::len).sum::<usize>();
-    assert!(size <= data.len().saturating_mul(255), "{size} from {}", data.len());
+    assert!(
+        size <= data.len().saturating_mul(255),
+        "{size} from {}",
+        data.len()
+    );
     let bytes = envelope::encode(codec, &entry).expect("a decoded entry encodes");
     let back: Entry<Vec<String>> = envelope::decode_at(codec, &bytes, NOW).expect("and decodes");
     assert_eq!(back, entry);
