@@ -105,6 +105,15 @@ where
     /// Removes every key of `namespace`; returns how many were removed.
     async fn clear(&self, namespace: &Namespace) -> Result<u64>;
 
+    /// Whether the tier would take `entry`: a [`TooLarge`](crate::ErrorKind::TooLarge) error
+    /// when it is over the tier's maximum value size (its `set` would refuse it, writing
+    /// nothing). A cache checks before it writes any tier, so an oversized value lands nowhere.
+    /// The default has no limit.
+    fn check_size(&self, entry: &Entry<V>) -> Result<()> {
+        let _ = entry;
+        Ok(())
+    }
+
     /// A short name for the backend, for messages and metrics (`"moka"`, `"redis"`).
     fn name(&self) -> &'static str;
 }

@@ -51,8 +51,15 @@ pub(crate) struct ConnCounters {
 pub(crate) struct Connection {
     inner: Inner,
     timeout: Duration,
+    /// Bytes per second a value is allowed on top of the timeout (see [`Connection::query_sized`]).
+    transfer_rate: u64,
     pub(crate) counters: Arc<ConnCounters>,
 }
+
+/// The default pace a large value is allowed on top of the command timeout: 16 MiB/s, so a
+/// 1 MiB value gets 62.5 ms more and a 64 MiB one 4 s more — slow networks and a busy Redis
+/// included.
+pub const DEFAULT_TRANSFER_RATE: u64 = 16 * 1024 * 1024;
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -132,6 +139,12 @@ impl Connection {
         Self::new(Inner::Cluster(cluster), timeout)
     }
 
+    /// Allows values `rate` bytes per second on top of the timeout.
+    pub(crate) fn with_transfer_rate(mut self, rate: u64) -> Self {
+        self.transfer_rate = rate.max(1);
+        self
+    }
+
     /// Whether commands go to a Redis Cluster (multi-key pipelines must then stay in one slot).
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self.inner, Inner::Cluster(_))
@@ -202,6 +215,7 @@ impl Connection {
         Connection {
             inner,
             timeout,
+            transfer_rate: DEFAULT_TRANSFER_RATE,
             counters: Arc::default(),
         }
     }
@@ -233,6 +247,38 @@ impl Connection {
         req: Request<'_>,
         idempotent: Idempotent,
     ) -> Result<T> {
+        self.bounded(req, idempotent, 0, false).await
+    }
+
+    /// [`query`](Self::query) of a write carrying `bytes` of values: its bound grows by the time
+    /// those bytes take at the transfer rate, and a write that overruns it is reported as one
+    /// whose outcome is unknown (Redis may have stored it).
+    pub(crate) async fn query_sized<T: FromRedisValue>(
+        &self,
+        req: Request<'_>,
+        idempotent: Idempotent,
+        bytes: usize,
+    ) -> Result<T> {
+        self.bounded(req, idempotent, bytes, true).await
+    }
+
+    /// [`query`](Self::query) of a read whose answer is `bytes` long: its bound grows by the time
+    /// those bytes take at the transfer rate.
+    pub(crate) async fn query_large_read<T: FromRedisValue>(
+        &self,
+        req: Request<'_>,
+        bytes: usize,
+    ) -> Result<T> {
+        self.bounded(req, Idempotent::Yes, bytes, false).await
+    }
+
+    async fn bounded<T: FromRedisValue>(
+        &self,
+        req: Request<'_>,
+        idempotent: Idempotent,
+        bytes: usize,
+        write: bool,
+    ) -> Result<T> {
         let attempt = async {
             match self.once(req).await {
                 Err(Attempt::Redis(e)) if idempotent == Idempotent::Yes && is_dropped(&e) => {
@@ -243,16 +289,23 @@ impl Connection {
                 other => other,
             }
         };
-        let result = match tokio::time::timeout(self.timeout, attempt).await {
+        let bound = self.timeout.saturating_add(Duration::from_secs_f64(
+            bytes as f64 / self.transfer_rate as f64,
+        ));
+        let result = match tokio::time::timeout(bound, attempt).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(Attempt::Redis(e))) => redis_error(e),
             Ok(Err(Attempt::Other(e))) => e,
             Err(_) => {
                 self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                Error::timeout(format!(
-                    "redis command exceeded its {:?} timeout",
-                    self.timeout
-                ))
+                if write && bytes > 0 {
+                    Error::timeout(format!(
+                        "a redis write of {bytes} bytes exceeded its {bound:?} bound: its outcome \
+                         is unknown (Redis may have stored it)"
+                    ))
+                } else {
+                    Error::timeout(format!("redis command exceeded its {bound:?} timeout"))
+                }
             }
         };
         self.counters.errors.fetch_add(1, Ordering::Relaxed);

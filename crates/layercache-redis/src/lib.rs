@@ -38,10 +38,11 @@ mod url;
 pub use access::{PermissionDenied, RedisFeature};
 pub use backend::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECONNECT_DELAY,
-    DEFAULT_POOL_SIZE, DEFAULT_SCAN_BATCH, DEFAULT_TAG_PREFIX, RedisBackend, RedisBackendBuilder,
-    RedisStats,
+    DEFAULT_MAX_VALUE_SIZE, DEFAULT_POOL_SIZE, DEFAULT_SCAN_BATCH, DEFAULT_TAG_PREFIX,
+    RedisBackend, RedisBackendBuilder, RedisStats,
 };
 pub use backplane::{DEFAULT_CHANNEL, PubSubStats, RedisPubSub, RedisPubSubBuilder};
+pub use connection::DEFAULT_TRANSFER_RATE;
 pub use link::DEFAULT_PING_INTERVAL;
 pub use lock::{DEFAULT_LOCK_PREFIX, RedisLockStore};
 pub use stream::{

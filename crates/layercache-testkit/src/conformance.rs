@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use layercache_core::{Backend, Clock, Entry, EntryOptions, Key, KeySpace, ManualClock, Namespace};
+use layercache_core::{
+    Backend, Clock, Entry, EntryOptions, ErrorKind, Key, KeySpace, ManualClock, Namespace,
+};
 use serde::{Deserialize, Serialize};
 
 /// The value type the suite stores: a small struct with a string body of any size.
@@ -295,26 +297,43 @@ pub async fn clear_is_scoped(backend: &dyn Backend<Sample>, clock: &ManualClock)
     assert_eq!(backend.clear(&target).await.unwrap(), 0);
 }
 
-/// Values of several MiB round-trip intact.
+/// Values up to 512 KiB round-trip intact; larger ones (1 and 4 MiB) either round-trip or, over
+/// the backend's maximum value size, are refused with a `TooLarge` error — by `check_size` as by
+/// `set` — that writes nothing.
 pub async fn large_values(backend: &dyn Backend<Sample>, clock: &ManualClock) {
     let ns = namespace("large");
-    for (i, size) in [0usize, 1, 1 << 10, 1 << 20, 4 << 20]
+    for (i, size) in [0usize, 1, 1 << 10, 512 << 10, 1 << 20, 4 << 20]
         .into_iter()
         .enumerate()
     {
         let key = ns.key(format!("k{i}")).unwrap();
         let value = Sample::large(i as u64, size);
-        backend
-            .set(&key, minute(value.clone(), clock))
-            .await
-            .unwrap();
-        let got = backend
-            .get(&key)
-            .await
-            .unwrap()
-            .expect("large value present");
-        assert_eq!(got.value.body.len(), size);
-        assert_eq!(got.value, value);
+        let entry = minute(value.clone(), clock);
+        let checked = backend.check_size(&entry);
+        match backend.set(&key, entry).await {
+            Ok(()) => {
+                assert!(checked.is_ok(), "check_size refused what set took");
+                let got = backend
+                    .get(&key)
+                    .await
+                    .unwrap()
+                    .expect("large value present");
+                assert_eq!(got.value.body.len(), size);
+                assert_eq!(got.value, value);
+            }
+            Err(error) => {
+                assert!(
+                    size > 512 << 10,
+                    "a value of {size} bytes was refused: {error}"
+                );
+                assert_eq!(error.kind(), ErrorKind::TooLarge, "{error}");
+                assert_eq!(checked.map_err(|e| e.kind()), Err(ErrorKind::TooLarge));
+                assert!(
+                    backend.get(&key).await.unwrap().is_none(),
+                    "nothing written"
+                );
+            }
+        }
     }
 }
 

@@ -43,6 +43,14 @@ impl<V: Clone + Send + Sync + 'static> Backend<V> for TieredBackend<V> {
         self.0.clear(namespace).await
     }
 
+    fn check_size(&self, entry: &Entry<V>) -> Result<()> {
+        // L2 is what has a limit; it sees values as `Option<V>` (a copy, on this rare path).
+        match &self.0.runtime.tiers.l2 {
+            Some(l2) => l2.check_size(&entry.clone().map(Some)),
+            None => Ok(()),
+        }
+    }
+
     fn name(&self) -> &'static str {
         "tiered"
     }

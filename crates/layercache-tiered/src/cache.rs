@@ -52,7 +52,7 @@ pub(crate) enum L2Stats {
 /// of this process that started before it stores an older value in any tier. L2 writes are ordered
 /// per key and sent concurrently across keys.
 pub struct TieredCache<V> {
-    runtime: Arc<Runtime<V>>,
+    pub(crate) runtime: Arc<Runtime<V>>,
     name: Arc<str>,
     l2_stats: Arc<L2Stats>,
 }
@@ -550,6 +550,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
             invalidation_publish_failures: c.invalidation_publish_failures(),
             l1_flushes: c.l1_flushes(),
             tags_invalidated: c.tags_invalidated(),
+            values_too_large: c.values_too_large(),
             evictions: l1.map_or(0, |s| s.evictions),
             l1_entries: l1.map_or(0, |s| s.entries),
         }

@@ -94,6 +94,7 @@ counters! {
     invalidation_publish_failures => bump_invalidation_publish_failures,
     l1_flushes => bump_l1_flushes,
     tags_invalidated => bump_tags_invalidated,
+    values_too_large => bump_values_too_large,
 }
 
 /// A point-in-time view of a [`TieredCache`](crate::TieredCache)'s counters.
@@ -172,6 +173,9 @@ pub struct TieredStats {
     pub l1_flushes: u64,
     /// Tags invalidated by this cache.
     pub tags_invalidated: u64,
+    /// Values over L2's maximum value size: sets refused with a `TooLarge` error, and loaded
+    /// values returned to their caller without being cached.
+    pub values_too_large: u64,
     /// L1 entries evicted for capacity; counted only with
     /// [`l1_count_evictions`](crate::TieredCacheBuilder::l1_count_evictions) (0 otherwise).
     pub evictions: u64,
@@ -250,6 +254,7 @@ pub(crate) fn publish(name: &str, s: &TieredStats) {
         ),
         ("layercache_l1_flushes_total", s.l1_flushes),
         ("layercache_tags_invalidated_total", s.tags_invalidated),
+        ("layercache_values_too_large_total", s.values_too_large),
     ];
     for (metric, value) in counters {
         metrics::counter!(metric, "cache" => name.to_owned()).absolute(value);

@@ -201,6 +201,12 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
             self.counters.bump_stores_skipped();
             return;
         }
+        if let Err(error) = self.check_size(&entry) {
+            // Served to its caller, cached nowhere: L2 would refuse it, and an L1 copy would be
+            // an entry no other instance can share.
+            tracing::warn!(%key, %error, "a loaded value is not cached");
+            return;
+        }
         let committed = ticket.commit(|| {
             if let Some(l1) = &self.l1 {
                 l1.set_entry(key, entry.clone());
@@ -234,6 +240,9 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
     /// key that began before, or while it was landing, do not store. `true` when a delete found
     /// the key in a tier.
     pub(crate) async fn write(&self, key: &Key, entry: Option<Stored<V>>) -> Result<bool> {
+        if let Some(entry) = &entry {
+            self.check_size(entry)?;
+        }
         let (removed, landing, leftover, ticket) = self
             .versions
             .begin_write_with(key, |ticket| self.apply(key, entry, ticket));
@@ -249,6 +258,9 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
         entry: Option<Stored<V>>,
     ) -> Result<bool> {
         let key = ticket.key();
+        if let Some(entry) = &entry {
+            self.check_size(entry)?;
+        }
         let (stored, (removed, landing, leftover, write)) =
             self.versions.begin_write_after(ticket, |current, write| {
                 let entry = entry.filter(|_| current);
@@ -256,6 +268,17 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
             });
         self.finish_write(removed, landing, leftover, write).await?;
         Ok(stored)
+    }
+
+    /// Whether L2 would take `entry` (checked before any tier is written); an oversized value is
+    /// counted.
+    fn check_size(&self, entry: &Stored<V>) -> Result<()> {
+        let Some(l2) = &self.l2 else { return Ok(()) };
+        l2.check_size(entry).inspect_err(|error| {
+            if error.kind() == layercache_core::ErrorKind::TooLarge {
+                self.counters.bump_values_too_large();
+            }
+        })
     }
 
     /// Writes L1 and queues L2, under the key's lock in the version table.

@@ -27,6 +27,8 @@ pub struct RedisBackendBuilder<C = JsonCodec> {
     pub(super) key_prefix: String,
     pub(super) tag_prefix: Option<Arc<str>>,
     pub(super) required: Vec<crate::RedisFeature>,
+    pub(super) max_value_size: usize,
+    pub(super) transfer_rate: u64,
     /// The CA certificates (PEM) trusted for `rediss://` instead of the default roots.
     #[cfg(feature = "tls")]
     pub(super) tls_root_ca: Option<Vec<u8>>,
@@ -84,6 +86,8 @@ impl<C: Codec> RedisBackendBuilder<C> {
             key_prefix: self.key_prefix,
             tag_prefix: self.tag_prefix,
             required: self.required,
+            max_value_size: self.max_value_size,
+            transfer_rate: self.transfer_rate,
             #[cfg(feature = "tls")]
             tls_root_ca: self.tls_root_ca,
         }
@@ -112,6 +116,29 @@ impl<C: Codec> RedisBackendBuilder<C> {
     #[must_use]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The largest value written, in stored bytes (envelope included, after compression; default
+    /// [`DEFAULT_MAX_VALUE_SIZE`](crate::DEFAULT_MAX_VALUE_SIZE), 1 MiB). A larger one is a
+    /// `TooLarge` error before anything is sent; a cache above returns an oversized loaded value
+    /// to its caller without caching it. Raise it for large values, with care: every reader of
+    /// the connection waits while one is in transit.
+    #[must_use]
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// The pace a large value is allowed on top of the command timeout, in bytes per second
+    /// (default [`DEFAULT_TRANSFER_RATE`](crate::DEFAULT_TRANSFER_RATE), 16 MiB/s): a write of `n`
+    /// bytes is bounded by `command_timeout + n / rate`, so large values are not cut by a timeout
+    /// made for small ones; a write that overruns its bound is a `Timeout` error whose message
+    /// says its outcome is unknown. A read that times out asks the value's length (`STRLEN`) and,
+    /// when it is large, reads once more within the bound of its size.
+    #[must_use]
+    pub fn transfer_rate(mut self, bytes_per_second: u64) -> Self {
+        self.transfer_rate = bytes_per_second;
         self
     }
 
@@ -200,6 +227,15 @@ impl<C: Codec> RedisBackendBuilder<C> {
                 "scan_batch and pool size must be greater than zero",
             ));
         }
+        // Redis refuses strings over 512 MB (proto-max-bulk-len); the envelope's header is 40.
+        if self.max_value_size < 64 || self.max_value_size > 512 * 1024 * 1024 {
+            return Err(Error::config(
+                "max_value_size must be between 64 bytes and 512 MiB",
+            ));
+        }
+        if self.transfer_rate == 0 {
+            return Err(Error::config("transfer_rate must be greater than zero"));
+        }
         #[cfg(feature = "tls")]
         self.check_tls()?;
         Ok(())
@@ -243,13 +279,14 @@ impl<C: Codec> RedisBackendBuilder<C> {
 
     fn finish(self, conn: Connection) -> RedisBackend<C> {
         RedisBackend {
-            conn,
+            conn: conn.with_transfer_rate(self.transfer_rate),
             codec: self.codec,
             clock: self.clock,
             redacted_url: redact(&self.url),
             scan_batch: self.scan_batch,
             keys: crate::keyspace::Keyspace::new(self.key_prefix),
             tag_prefix: self.tag_prefix,
+            max_value_size: self.max_value_size,
             counters: Arc::default(),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use layercache_core::{
-    Backend, Clock, CoarseClock, Codec, Entry, Error, JsonCodec, Key, Namespace, Result,
+    Backend, Clock, CoarseClock, Codec, Entry, Error, ErrorKind, JsonCodec, Key, Namespace, Result,
     SharedClock, Timestamp, async_trait, envelope,
 };
 use serde::Serialize;
@@ -34,6 +34,12 @@ pub const DEFAULT_SCAN_BATCH: usize = 500;
 /// The default prefix of the tag index's keys: the keys carrying tag `t` are the members of the set
 /// `layercache:tag:t`.
 pub const DEFAULT_TAG_PREFIX: &str = "layercache:tag:";
+/// The default largest value (its stored bytes, envelope included) a backend writes: 1 MiB.
+/// Larger values are refused with a `TooLarge` error before anything is sent: Redis and its
+/// network handle them, but a cache that holds them slows every reader of the connection.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 1024 * 1024;
+/// Values at least this long may explain a read's timeout (see `RedisBackend::read_large`).
+const LARGE_READ: usize = 256 * 1024;
 /// The default size of the optional connection pool.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
@@ -84,6 +90,7 @@ pub struct RedisBackend<C = JsonCodec> {
     scan_batch: usize,
     pub(crate) keys: Keyspace,
     tag_prefix: Option<Arc<str>>,
+    max_value_size: usize,
     counters: Arc<Counters>,
 }
 
@@ -97,6 +104,7 @@ impl<C: Clone> Clone for RedisBackend<C> {
             scan_batch: self.scan_batch,
             keys: self.keys.clone(),
             tag_prefix: self.tag_prefix.clone(),
+            max_value_size: self.max_value_size,
             counters: Arc::clone(&self.counters),
         }
     }
@@ -130,6 +138,8 @@ impl RedisBackend<JsonCodec> {
             key_prefix: String::new(),
             tag_prefix: Some(DEFAULT_TAG_PREFIX.into()),
             required: Vec::new(),
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            transfer_rate: crate::connection::DEFAULT_TRANSFER_RATE,
             #[cfg(feature = "tls")]
             tls_root_ca: None,
         }
@@ -221,19 +231,57 @@ impl<C: Codec> RedisBackend<C> {
         }
     }
 
-    /// Adds the command that stores `entry` (or removes `key` if the entry is already expired).
+    /// The envelope of `entry`, or a `TooLarge` error when it is over the maximum value size.
+    pub(super) fn encode_checked<V: Serialize>(&self, entry: &Entry<V>) -> Result<Vec<u8>> {
+        let bytes = envelope::encode(&self.codec, entry)?;
+        if bytes.len() > self.max_value_size {
+            return Err(Error::too_large(format!(
+                "a value of {} bytes is over the maximum value size of {} bytes; nothing was \
+                 written (raise it with RedisBackendBuilder::max_value_size)",
+                bytes.len(),
+                self.max_value_size
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// After a GET of `key` timed out: its value's length (`STRLEN`, within the command timeout),
+    /// and, when the value is large enough to explain the timeout, the GET once more within the
+    /// bound of its size. `None` when that does not explain it (the first error stands).
+    async fn read_large(&self, key: &Key, get: &redis::Cmd) -> Option<Option<Vec<u8>>> {
+        let mut strlen = redis::cmd("STRLEN");
+        strlen.arg(self.keys.key(key.as_str()));
+        let len: usize = self
+            .conn
+            .query(Request::Cmd(&strlen), Idempotent::Yes)
+            .await
+            .ok()?;
+        if len < LARGE_READ {
+            return None;
+        }
+        tracing::debug!(%key, len, "reading a large value within the bound of its size");
+        self.conn
+            .query_large_read(Request::Cmd(get), len)
+            .await
+            .ok()
+    }
+
+    /// Adds the command that stores `entry` (or removes `key` if the entry is already expired);
+    /// returns the bytes of value it carries.
     fn push_set<V: Serialize>(
         &self,
         pipe: &mut redis::Pipeline,
         key: &Key,
         entry: &Entry<V>,
         now: Timestamp,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let ttl = entry.meta.time_to_live(now);
         if ttl.is_zero() {
             pipe.cmd("UNLINK").arg(self.keys.key(key.as_str())).ignore();
+            Ok(0)
         } else {
-            let bytes = envelope::encode(&self.codec, entry)?;
+            let bytes = self.encode_checked(entry)?;
+            let len = bytes.len();
             let px = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
             pipe.cmd("SET")
                 .arg(self.keys.key(key.as_str()))
@@ -241,8 +289,8 @@ impl<C: Codec> RedisBackend<C> {
                 .arg("PX")
                 .arg(px)
                 .ignore();
+            Ok(len)
         }
-        Ok(())
     }
 }
 
@@ -255,19 +303,26 @@ where
     async fn get(&self, key: &Key) -> Result<Option<Entry<V>>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.keys.key(key.as_str()));
-        let bytes: Option<Vec<u8>> = self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await?;
+        let bytes: Option<Vec<u8>> =
+            match self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await {
+                Ok(bytes) => bytes,
+                Err(error) if error.kind() == ErrorKind::Timeout => {
+                    self.read_large(key, &cmd).await.ok_or(error)?
+                }
+                Err(error) => return Err(error),
+            };
         Ok(self.decode(key, bytes, self.clock.now()))
     }
 
     async fn set(&self, key: &Key, entry: Entry<V>) -> Result<()> {
         let mut pipe = redis::pipe();
         let now = self.clock.now();
-        self.push_set(&mut pipe, key, &entry, now)?;
+        let bytes = self.push_set(&mut pipe, key, &entry, now)?;
         let groups = self.tag_groups([(key, &entry)], now);
         self.index_tags(&mut pipe, groups).await?;
         // SET and UNLINK give the same result when sent twice.
         self.conn
-            .query::<()>(Request::Pipe(&pipe), Idempotent::Yes)
+            .query_sized::<()>(Request::Pipe(&pipe), Idempotent::Yes, bytes)
             .await
     }
 
@@ -329,12 +384,17 @@ where
         if self.conn.is_cluster() {
             // A pipeline must stay in one slot: send one per key, concurrently.
             let mut tasks = tokio::task::JoinSet::new();
+            let mut pipes = Vec::with_capacity(items.len());
             for (key, entry) in &items {
                 let mut pipe = redis::pipe();
-                self.push_set(&mut pipe, key, entry, now)?;
+                let bytes = self.push_set(&mut pipe, key, entry, now)?;
+                pipes.push((pipe, bytes));
+            }
+            // Every value checked before any is sent.
+            for (pipe, bytes) in pipes {
                 let conn = self.conn.clone();
                 tasks.spawn(async move {
-                    conn.query::<()>(Request::Pipe(&pipe), Idempotent::Yes)
+                    conn.query_sized::<()>(Request::Pipe(&pipe), Idempotent::Yes, bytes)
                         .await
                 });
             }
@@ -345,13 +405,14 @@ where
             return self.index_tags(&mut redis::pipe(), groups).await;
         }
         let mut pipe = redis::pipe();
+        let mut bytes = 0;
         for (key, entry) in &items {
-            self.push_set(&mut pipe, key, entry, now)?;
+            bytes += self.push_set(&mut pipe, key, entry, now)?;
         }
         let groups = self.tag_groups(items.iter().map(|(k, e)| (k, e)), now);
         self.index_tags(&mut pipe, groups).await?;
         self.conn
-            .query::<()>(Request::Pipe(&pipe), Idempotent::Yes)
+            .query_sized::<()>(Request::Pipe(&pipe), Idempotent::Yes, bytes)
             .await
     }
 
@@ -380,6 +441,10 @@ where
             return Ok(removed);
         }
         self.clear_node(&pattern, None).await
+    }
+
+    fn check_size(&self, entry: &Entry<V>) -> Result<()> {
+        self.encode_checked(entry).map(drop)
     }
 
     fn name(&self) -> &'static str {

@@ -26,20 +26,21 @@ return 1
 ";
 
 impl<C: Codec> RedisBackend<C> {
-    /// Adds the script that stores `entry` unless the key holds something newer; `false` when
-    /// there is nothing to store (the entry already expired).
+    /// Adds the script that stores `entry` unless the key holds something newer; returns the
+    /// bytes of value it carries, 0 when there is nothing to store (the entry already expired).
     fn push_set_if_newer<V: Serialize>(
         &self,
         pipe: &mut redis::Pipeline,
         key: &Key,
         entry: &Entry<V>,
         now: Timestamp,
-    ) -> Result<bool> {
+    ) -> Result<usize> {
         let ttl = entry.meta.time_to_live(now);
         if ttl.is_zero() {
-            return Ok(false);
+            return Ok(0);
         }
-        let bytes = envelope::encode(&self.codec, entry)?;
+        let bytes = self.encode_checked(entry)?;
+        let len = bytes.len();
         let px = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         // EVAL, not EVALSHA: a pipeline cannot reload a script a restarted server forgot, and
         // Redis compiles a script once and keeps it by its hash.
@@ -50,7 +51,7 @@ impl<C: Codec> RedisBackend<C> {
             .arg(bytes)
             .arg(px)
             .arg(entry.meta.created_at.as_millis());
-        Ok(true)
+        Ok(len)
     }
 
     /// Sends one conditional store per pipeline (one slot each on a cluster); answers in order.
@@ -61,16 +62,22 @@ impl<C: Codec> RedisBackend<C> {
     ) -> Result<Vec<bool>> {
         let mut stored = vec![false; items.len()];
         if self.conn.is_cluster() {
-            let mut tasks = tokio::task::JoinSet::new();
+            let mut pipes = Vec::with_capacity(items.len());
             for (index, (key, entry)) in items.iter().enumerate() {
                 let mut pipe = redis::pipe();
-                if !self.push_set_if_newer(&mut pipe, key, entry, now)? {
-                    continue;
+                let bytes = self.push_set_if_newer(&mut pipe, key, entry, now)?;
+                if bytes > 0 {
+                    pipes.push((index, pipe, bytes));
                 }
+            }
+            // Every value checked before any is sent.
+            let mut tasks = tokio::task::JoinSet::new();
+            for (index, pipe, bytes) in pipes {
                 let conn = self.conn.clone();
                 tasks.spawn(async move {
-                    let answer: Result<(i64,)> =
-                        conn.query(Request::Pipe(&pipe), Idempotent::Yes).await;
+                    let answer: Result<(i64,)> = conn
+                        .query_sized(Request::Pipe(&pipe), Idempotent::Yes, bytes)
+                        .await;
                     (index, answer)
                 });
             }
@@ -92,9 +99,12 @@ impl<C: Codec> RedisBackend<C> {
         }
         let mut pipe = redis::pipe();
         let mut sent = Vec::with_capacity(items.len());
+        let mut bytes = 0;
         for (index, (key, entry)) in items.iter().enumerate() {
-            if self.push_set_if_newer(&mut pipe, key, entry, now)? {
+            let len = self.push_set_if_newer(&mut pipe, key, entry, now)?;
+            if len > 0 {
                 sent.push(index);
+                bytes += len;
             }
         }
         if sent.is_empty() {
@@ -107,7 +117,7 @@ impl<C: Codec> RedisBackend<C> {
         // The script's check and store happen at once, so sending it twice is harmless.
         let answers: Vec<i64> = self
             .conn
-            .query(Request::Pipe(&pipe), Idempotent::Yes)
+            .query_sized(Request::Pipe(&pipe), Idempotent::Yes, bytes)
             .await?;
         for (index, answer) in sent.into_iter().zip(answers) {
             stored[index] = answer == 1;

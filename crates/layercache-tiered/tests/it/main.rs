@@ -7,6 +7,7 @@ mod bulk;
 mod coherence;
 mod configurations;
 mod faults;
+mod large;
 mod latency;
 mod linearizable;
 mod memory;
