@@ -58,6 +58,8 @@ pub use clock::{
 #[cfg(feature = "msgpack")]
 pub use codec::MsgPackCodec;
 pub use codec::{Codec, CodecError, JsonCodec};
+#[cfg(feature = "compression")]
+pub use codec::{Compressed, DEFAULT_COMPRESSION_THRESHOLD};
 pub use entry::{DEFAULT_HARD_TIMEOUT, Entry, EntryMeta, EntryOptions, Tags, Timestamp};
 pub use error::{Error, ErrorKind, Result};
 pub use invalidation::{

@@ -111,16 +111,18 @@ pub(crate) fn redis_error(e: RedisError) -> Error {
     if e.is_timeout() {
         return Error::timeout("redis command timed out").with_source(e);
     }
-    let code = e.code();
-    if e.kind() == redis::ErrorKind::AuthenticationFailed
-        || code.is_some_and(|code| PERMISSION_CODES.contains(&code))
-    {
+    // The server's error codes: the command's, or those of the failed commands of a pipeline.
+    let codes: Vec<String> = e
+        .clone()
+        .into_server_errors()
+        .map(|errors| errors.iter().map(|(_, e)| e.code().to_owned()).collect())
+        .unwrap_or_default();
+    let any = |list: &[&str]| codes.iter().any(|code| list.contains(&code.as_str()));
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || any(PERMISSION_CODES) {
         return Error::permission("redis refused the command: the user lacks the permission")
             .with_source(e);
     }
-    let temporary = is_dropped(&e)
-        || e.is_cluster_error()
-        || code.is_some_and(|code| TEMPORARY_CODES.contains(&code));
+    let temporary = is_dropped(&e) || e.is_cluster_error() || any(TEMPORARY_CODES);
     Error::unavailable("redis command failed")
         .with_source(e)
         .set_temporary(temporary)

@@ -28,6 +28,7 @@ pub struct RedisBackendBuilder<C = JsonCodec> {
     pub(super) tag_prefix: Option<Arc<str>>,
     pub(super) required: Vec<crate::RedisFeature>,
     pub(super) max_value_size: usize,
+    pub(super) plain: bool,
     pub(super) transfer_rate: u64,
     /// The CA certificates (PEM) trusted for `rediss://` instead of the default roots.
     #[cfg(feature = "tls")]
@@ -87,6 +88,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
             tag_prefix: self.tag_prefix,
             required: self.required,
             max_value_size: self.max_value_size,
+            plain: self.plain,
             transfer_rate: self.transfer_rate,
             #[cfg(feature = "tls")]
             tls_root_ca: self.tls_root_ca,
@@ -116,6 +118,19 @@ impl<C: Codec> RedisBackendBuilder<C> {
     #[must_use]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Store values as the codec's bytes alone, without layercache's envelope (default off): with
+    /// the [`JsonCodec`], plain JSON any program reads with a `GET`, its lifetime the key's Redis
+    /// TTL. The trade-off (docs/envelope.md, "Plain values"): no stale window for fail-safe, no
+    /// load cost for XFetch, no creation time — so no tombstones, and a load in another process
+    /// that began before a delete can store its older value after it — and tag invalidation
+    /// removes the keys it indexed but cannot refuse older values on read. A cached absence is
+    /// JSON `null`.
+    #[must_use]
+    pub fn plain_values(mut self) -> Self {
+        self.plain = true;
         self
     }
 
@@ -287,6 +302,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
             keys: crate::keyspace::Keyspace::new(self.key_prefix),
             tag_prefix: self.tag_prefix,
             max_value_size: self.max_value_size,
+            plain: self.plain,
             counters: Arc::default(),
         }
     }

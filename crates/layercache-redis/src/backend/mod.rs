@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 mod builder;
 mod ordering;
+mod plain;
 mod tags;
 
 pub use builder::RedisBackendBuilder;
@@ -91,6 +92,8 @@ pub struct RedisBackend<C = JsonCodec> {
     pub(crate) keys: Keyspace,
     tag_prefix: Option<Arc<str>>,
     max_value_size: usize,
+    /// Values without the envelope (see plain.rs).
+    plain: bool,
     counters: Arc<Counters>,
 }
 
@@ -105,6 +108,7 @@ impl<C: Clone> Clone for RedisBackend<C> {
             keys: self.keys.clone(),
             tag_prefix: self.tag_prefix.clone(),
             max_value_size: self.max_value_size,
+            plain: self.plain,
             counters: Arc::clone(&self.counters),
         }
     }
@@ -139,6 +143,7 @@ impl RedisBackend<JsonCodec> {
             tag_prefix: Some(DEFAULT_TAG_PREFIX.into()),
             required: Vec::new(),
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            plain: false,
             transfer_rate: crate::connection::DEFAULT_TRANSFER_RATE,
             #[cfg(feature = "tls")]
             tls_root_ca: None,
@@ -205,8 +210,8 @@ impl<C: Codec> RedisBackend<C> {
         bytes: Option<Vec<u8>>,
         now: Timestamp,
     ) -> Option<Entry<V>> {
-        let entry = bytes.and_then(
-            |bytes| match envelope::decode::<C, V>(&self.codec, &bytes) {
+        let entry = bytes.and_then(|bytes| {
+            match envelope::decode_at::<C, V>(&self.codec, &bytes, now) {
                 Ok(entry) => Some(entry),
                 // An invalidation's mark: a plain miss.
                 Err(layercache_core::CodecError::Tombstone(_)) => None,
@@ -217,8 +222,8 @@ impl<C: Codec> RedisBackend<C> {
                     tracing::warn!(%key, %error, "value in redis does not decode; read as a miss");
                     None
                 }
-            },
-        );
+            }
+        });
         match entry {
             Some(entry) if !entry.meta.is_expired(now) => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -231,9 +236,16 @@ impl<C: Codec> RedisBackend<C> {
         }
     }
 
-    /// The envelope of `entry`, or a `TooLarge` error when it is over the maximum value size.
+    /// The envelope of `entry` (its value alone in plain mode), or a `TooLarge` error when it is
+    /// over the maximum value size.
     pub(super) fn encode_checked<V: Serialize>(&self, entry: &Entry<V>) -> Result<Vec<u8>> {
-        let bytes = envelope::encode(&self.codec, entry)?;
+        let bytes = if self.plain {
+            let mut out = Vec::new();
+            self.codec.encode(&entry.value, &mut out)?;
+            out
+        } else {
+            envelope::encode(&self.codec, entry)?
+        };
         if bytes.len() > self.max_value_size {
             return Err(Error::too_large(format!(
                 "a value of {} bytes is over the maximum value size of {} bytes; nothing was \
@@ -301,6 +313,10 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     async fn get(&self, key: &Key) -> Result<Option<Entry<V>>> {
+        if self.plain {
+            let mut entries = self.get_plain(std::slice::from_ref(key)).await?;
+            return Ok(entries.pop().flatten());
+        }
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.keys.key(key.as_str()));
         let bytes: Option<Vec<u8>> =
@@ -354,6 +370,9 @@ where
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry<V>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.plain {
+            return self.get_plain(keys).await;
         }
         let mut cmd = redis::cmd("MGET");
         for key in keys {

@@ -205,6 +205,9 @@ impl<C: Codec> RedisBackend<C> {
         if keys.is_empty() {
             return Ok(0);
         }
+        if self.plain {
+            return self.unlink_all(keys).await;
+        }
         if !self.conn.is_cluster() {
             let mut pipe = redis::pipe();
             for key in keys {

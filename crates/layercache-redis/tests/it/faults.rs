@@ -306,3 +306,42 @@ fn public_types_are_send_and_sync() {
     is_send_sync::<layercache_redis::RedisBackendBuilder>();
     is_send_sync::<layercache_redis::RedisStats>();
 }
+
+/// Redis out of memory (`maxmemory` reached, `noeviction`) refuses writes with `OOM`: a temporary
+/// `Unavailable` error — memory frees as keys expire or are deleted — while reads go on.
+#[tokio::test]
+async fn a_full_redis_is_a_temporary_error() {
+    let server = RedisServer::builder()
+        .config("maxmemory", "2mb")
+        .config("maxmemory-policy", "noeviction")
+        .start();
+    let backend = RedisBackend::builder(server.url())
+        .max_value_size(1024 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let ns = unique_space().namespace("full").unwrap();
+    let big = |i: u64| {
+        EntryOptions::new(Duration::from_secs(60))
+            .entry(
+                Sample::large(i, 512 * 1024),
+                layercache_core::SystemClock.now(),
+                Duration::ZERO,
+            )
+            .unwrap()
+    };
+    let mut refused = None;
+    for i in 0..64 {
+        if let Err(error) = backend.set(&ns.key(i).unwrap(), big(i)).await {
+            refused = Some(error);
+            break;
+        }
+    }
+    let error = refused.expect("a 2 MB Redis refuses 32 MB of values");
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.is_temporary(), "{error}");
+    assert!(format!("{error:?}").contains("OOM"), "{error:?}");
+    let read: layercache_core::Result<Option<layercache_core::Entry<Sample>>> =
+        backend.get(&ns.key(0).unwrap()).await;
+    assert!(read.is_ok(), "reads go on: {read:?}");
+}

@@ -5,6 +5,7 @@
 mod conformance;
 mod faults;
 mod ordering;
+mod plain;
 #[cfg(feature = "tls")]
 mod tls;
 

@@ -108,6 +108,45 @@ async fn publish_metrics_exports_the_counters_with_the_cache_name() {
     );
 }
 
+/// Every field of `TieredStats` reaches the exporter: a counter `layercache_<field>_total`, or a
+/// gauge `layercache_<field>` (`circuit` as `layercache_l2_circuit_state`). The field list comes
+/// from the struct's `Debug`, so a counter added without its metric fails here.
+#[tokio::test]
+async fn publish_metrics_exports_every_counter_of_the_stats() {
+    let cache: TieredCache<String> = TieredCache::builder().name("all").build().unwrap();
+    let stats = format!("{:?}", cache.stats());
+    let fields: Vec<&str> = stats
+        .trim_start_matches("TieredStats {")
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|field| field.split(':').next())
+        .map(str::trim)
+        .filter(|field| !field.is_empty())
+        .collect();
+    assert!(fields.len() > 30, "{fields:?}");
+    let capture = Capture::default();
+    metrics::with_local_recorder(&capture, || cache.publish_metrics());
+    let seen = capture.0.lock().unwrap().clone();
+    let missing: Vec<&str> = fields
+        .iter()
+        .copied()
+        .filter(|field| {
+            ![
+                format!("layercache_{field}_total{{cache=all}}"),
+                format!("layercache_{field}{{cache=all}}"),
+                format!("layercache_l2_{field}_state{{cache=all}}"),
+            ]
+            .iter()
+            .any(|name| seen.contains_key(name))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not published: {missing:?} (published: {:?})",
+        seen.keys()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn received_invalidations_record_their_delay_and_are_counted() {
     use layercache_core::{
