@@ -221,12 +221,20 @@ fn tiered_get(c: &mut Criterion) {
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let first = tracked_cache.get_or_load_from(&tracked_key, &loader).await;
-        assert_eq!(first.expect("read").as_ref(), Some(&payload));
-        let before = tracked_cache.stats().l1_hits;
-        let hit = tracked_cache.get_or_load_from(&tracked_key, &loader).await;
-        assert_eq!(hit.expect("l1 hit").as_ref(), Some(&payload));
-        assert_eq!(tracked_cache.stats().l1_hits, before + 1, "an L1 hit");
+        // A read that misses L1 (a slow L2 read on a busy machine falls back to the loader,
+        // whose store tracking echoes once more) refills it; within a few reads one must hit.
+        let mut l1_hit = false;
+        for _ in 0..100 {
+            let before = tracked_cache.stats().l1_hits;
+            let read = tracked_cache.get_or_load_from(&tracked_key, &loader).await;
+            assert_eq!(read.expect("read").as_ref(), Some(&payload));
+            if tracked_cache.stats().l1_hits == before + 1 {
+                l1_hit = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(l1_hit, "the tracked key never became an L1 hit");
         moka_raw.insert(moka_key.clone(), payload.clone()).await;
         l1_cache
             .set(&l1_key, payload.clone())

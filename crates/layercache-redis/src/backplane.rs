@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::connection::{Connection, Idempotent, Request, redis_error};
 use crate::link::{Ended, LinkHandle, LinkSettings, Session, link_setters};
+use crate::tls::RootCa;
 use crate::url::redact;
 
 /// The default channel (`layercache:invalidations`). Caches that share it see each other's
@@ -50,12 +51,23 @@ struct Counters {
     decode_failures: AtomicU64,
 }
 
-/// Builds a [`RedisPubSub`]; see [`RedisPubSub::builder`].
-#[derive(Debug)]
+/// Builds a [`RedisPubSub`]; see [`RedisPubSub::builder`]. `Debug` redacts the password.
 pub struct RedisPubSubBuilder {
     url: String,
     channel: String,
     settings: LinkSettings,
+    root_ca: RootCa,
+}
+
+impl fmt::Debug for RedisPubSubBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPubSubBuilder")
+            .field("url", &redact(&self.url))
+            .field("channel", &self.channel)
+            .field("settings", &self.settings)
+            .field("tls_root_ca", &self.root_ca)
+            .finish()
+    }
 }
 
 impl RedisPubSubBuilder {
@@ -80,9 +92,8 @@ impl RedisPubSubBuilder {
                 "the redis backplane must be built within a tokio runtime",
             ));
         }
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
-            Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
-        })?;
+        self.root_ca.check(std::iter::once(self.url.as_str()))?;
+        let client = self.root_ca.client(&self.url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.settings.connect_timeout))
             .set_response_timeout(None)
@@ -142,6 +153,7 @@ impl RedisPubSub {
             url: url.into(),
             channel: DEFAULT_CHANNEL.to_owned(),
             settings: LinkSettings::default(),
+            root_ca: RootCa::default(),
         }
     }
 

@@ -122,6 +122,13 @@ pub(crate) fn redis_error(e: RedisError) -> Error {
         return Error::permission("redis refused the command: the user lacks the permission")
             .with_source(e);
     }
+    // rustls's refusal of the server's certificate reaches us as an I/O error: it will not go
+    // away by retrying (a wrong CA, or a name the certificate does not carry).
+    if e.is_io_error() && e.to_string().contains("invalid peer certificate") {
+        return Error::unavailable("TLS: the server's certificate was refused")
+            .with_source(e)
+            .set_temporary(false);
+    }
     let temporary = is_dropped(&e) || e.is_cluster_error() || any(TEMPORARY_CODES);
     Error::unavailable("redis command failed")
         .with_source(e)

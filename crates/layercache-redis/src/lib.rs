@@ -32,6 +32,7 @@ mod keyspace;
 mod link;
 mod lock;
 mod stream;
+mod tls;
 mod tracking;
 mod url;
 

@@ -98,6 +98,16 @@ macro_rules! link_setters {
             self.settings.ping_interval = interval;
             self
         }
+
+        /// Trust the CA certificates in `pem` for `rediss://` instead of the default roots
+        /// (feature `tls`; default: no private CA), as
+        /// [`RedisBackendBuilder::tls_root_ca`](crate::RedisBackendBuilder::tls_root_ca) does.
+        #[cfg(feature = "tls")]
+        #[must_use]
+        pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+            self.root_ca = crate::tls::RootCa(Some(pem.into()));
+            self
+        }
     };
 }
 pub(crate) use link_setters;

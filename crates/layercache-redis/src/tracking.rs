@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use crate::connection::redis_error;
 use crate::keyspace::Keyspace;
 use crate::link::{Ended, LinkHandle, LinkSettings, Session, link_setters};
+use crate::tls::RootCa;
 use crate::url::redact;
 
 /// The client name the tracking connection gives itself (`CLIENT SETNAME`), to find it in
@@ -56,13 +57,25 @@ struct Counters {
     flushes: AtomicU64,
 }
 
-/// Builds a [`RedisTracking`]; see [`RedisTracking::builder`].
-#[derive(Debug)]
+/// Builds a [`RedisTracking`]; see [`RedisTracking::builder`]. `Debug` redacts the password.
 pub struct RedisTrackingBuilder {
     url: String,
     prefixes: Vec<String>,
     key_prefix: String,
     settings: LinkSettings,
+    root_ca: RootCa,
+}
+
+impl fmt::Debug for RedisTrackingBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTrackingBuilder")
+            .field("url", &redact(&self.url))
+            .field("prefixes", &self.prefixes)
+            .field("key_prefix", &self.key_prefix)
+            .field("settings", &self.settings)
+            .field("tls_root_ca", &self.root_ca)
+            .finish()
+    }
 }
 
 impl RedisTrackingBuilder {
@@ -95,9 +108,8 @@ impl RedisTrackingBuilder {
         // RESP3 is what carries push messages.
         let separator = if self.url.contains('?') { '&' } else { '?' };
         let resp3 = format!("{}{separator}protocol=resp3", self.url);
-        let client = redis::Client::open(resp3.as_str()).map_err(|e| {
-            Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
-        })?;
+        self.root_ca.check(std::iter::once(self.url.as_str()))?;
+        let client = self.root_ca.client(&resp3)?;
         let keys = Keyspace::new(self.key_prefix);
         let mut prefixes: Vec<String> = self.prefixes.iter().map(|p| keys.join(p)).collect();
         if prefixes.is_empty() && !keys.prefix().is_empty() {
@@ -158,6 +170,7 @@ impl RedisTracking {
             url: url.into(),
             prefixes: Vec::new(),
             key_prefix: String::new(),
+            root_ca: RootCa::default(),
             settings: LinkSettings::default(),
         }
     }

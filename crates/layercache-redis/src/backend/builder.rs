@@ -9,6 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{DEFAULT_POOL_SIZE, RedisBackend};
 use crate::connection::{Connection, redis_error};
+use crate::tls::RootCa;
 use crate::url::redact;
 
 /// Builds a [`RedisBackend`]; see [`RedisBackend::builder`].
@@ -31,8 +32,7 @@ pub struct RedisBackendBuilder<C = JsonCodec> {
     pub(super) plain: bool,
     pub(super) transfer_rate: u64,
     /// The CA certificates (PEM) trusted for `rediss://` instead of the default roots.
-    #[cfg(feature = "tls")]
-    pub(super) tls_root_ca: Option<Vec<u8>>,
+    pub(super) root_ca: RootCa,
 }
 
 impl<C: fmt::Debug> fmt::Debug for RedisBackendBuilder<C> {
@@ -53,16 +53,8 @@ impl<C: fmt::Debug> fmt::Debug for RedisBackendBuilder<C> {
             .field("pool_size", &self.pool_size)
             .field("scan_batch", &self.scan_batch)
             .field("key_prefix", &self.key_prefix)
-            .field("tag_prefix", &self.tag_prefix);
-        #[cfg(feature = "tls")]
-        d.field(
-            "tls_root_ca",
-            &if self.tls_root_ca.is_some() {
-                "<set>"
-            } else {
-                "default roots"
-            },
-        );
+            .field("tag_prefix", &self.tag_prefix)
+            .field("tls_root_ca", &self.root_ca);
         d.finish_non_exhaustive()
     }
 }
@@ -90,8 +82,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
             max_value_size: self.max_value_size,
             plain: self.plain,
             transfer_rate: self.transfer_rate,
-            #[cfg(feature = "tls")]
-            tls_root_ca: self.tls_root_ca,
+            root_ca: self.root_ca,
         }
     }
 
@@ -106,7 +97,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
     #[cfg(feature = "tls")]
     #[must_use]
     pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls_root_ca = Some(pem.into());
+        self.root_ca = RootCa(Some(pem.into()));
         self
     }
 
@@ -251,20 +242,12 @@ impl<C: Codec> RedisBackendBuilder<C> {
         if self.transfer_rate == 0 {
             return Err(Error::config("transfer_rate must be greater than zero"));
         }
-        #[cfg(feature = "tls")]
-        self.check_tls()?;
+        self.root_ca.check(self.urls())?;
         Ok(())
     }
 
     fn client(&self) -> Result<redis::Client> {
-        let invalid = |e: redis::RedisError| {
-            Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
-        };
-        #[cfg(feature = "tls")]
-        if let Some(certificates) = self.tls_certificates() {
-            return redis::Client::build_with_tls(self.url.as_str(), certificates).map_err(invalid);
-        }
-        redis::Client::open(self.url.as_str()).map_err(invalid)
+        self.root_ca.client(&self.url)
     }
 
     fn manager_config(&self) -> ConnectionManagerConfig {
@@ -319,7 +302,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
             .connection_timeout(self.connect_timeout)
             .response_timeout(self.command_timeout);
         #[cfg(feature = "tls")]
-        let client = match self.tls_certificates() {
+        let client = match self.root_ca.certificates() {
             Some(certificates) => client.certs(certificates),
             None => client,
         };
@@ -412,54 +395,14 @@ impl<C: Codec> RedisBackendBuilder<C> {
     }
 }
 
-/// The `tls` feature's part: a custom CA, checked before connecting.
-#[cfg(feature = "tls")]
 impl<C> RedisBackendBuilder<C> {
     /// Every URL this builder connects to: the cluster's nodes, or the one URL.
-    fn urls(&self) -> impl Iterator<Item = &str> {
+    fn urls(&self) -> impl Iterator<Item = &str> + Clone {
         let single = self.cluster.is_none().then_some(self.url.as_str());
         self.cluster
             .iter()
             .flatten()
             .map(String::as_str)
             .chain(single)
-    }
-
-    fn check_tls(&self) -> Result<()> {
-        if self.urls().any(crate::url::is_tls) {
-            crate::url::ensure_crypto_provider();
-        }
-        let Some(pem) = &self.tls_root_ca else {
-            return Ok(());
-        };
-        if let Some(plain) = self.urls().find(|url| !crate::url::is_tls(url)) {
-            return Err(Error::config(format!(
-                "tls_root_ca needs rediss:// URLs, and {} is not one",
-                redact(plain)
-            )));
-        }
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let mut certificates = 0_usize;
-        for certificate in CertificateDer::pem_slice_iter(pem) {
-            certificate.map_err(|e| {
-                Error::config("tls_root_ca: a PEM certificate does not parse").with_source(e)
-            })?;
-            certificates += 1;
-        }
-        if certificates == 0 {
-            return Err(Error::config(
-                "tls_root_ca holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The certificates redis-rs builds its TLS config from, when a custom CA is set.
-    fn tls_certificates(&self) -> Option<redis::TlsCertificates> {
-        self.tls_root_ca.as_ref().map(|pem| redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem.clone()),
-        })
     }
 }

@@ -145,8 +145,7 @@ impl RedisBackend<JsonCodec> {
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             plain: false,
             transfer_rate: crate::connection::DEFAULT_TRANSFER_RATE,
-            #[cfg(feature = "tls")]
-            tls_root_ca: None,
+            root_ca: crate::tls::RootCa::default(),
         }
     }
 

@@ -30,6 +30,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamRea
 
 use crate::backend::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
 use crate::connection::{Connection, Idempotent, Request, redis_error};
+use crate::tls::RootCa;
 use crate::url::redact;
 
 /// The default consumer group of a [`RedisWriteJournal`].
@@ -46,8 +47,9 @@ const FIELD_KEY: &str = "k";
 const FIELD_OP: &str = "o";
 const FIELD_VALUE: &str = "v";
 
-/// Builds a [`RedisWriteJournal`]; see [`RedisWriteJournal::builder`].
-#[derive(Debug, Clone)]
+/// Builds a [`RedisWriteJournal`]; see [`RedisWriteJournal::builder`]. `Debug` redacts the
+/// password.
+#[derive(Clone)]
 pub struct RedisWriteJournalBuilder {
     url: String,
     stream: String,
@@ -56,6 +58,22 @@ pub struct RedisWriteJournalBuilder {
     connect_timeout: Duration,
     max_block: Duration,
     pool_size: usize,
+    root_ca: RootCa,
+}
+
+impl fmt::Debug for RedisWriteJournalBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisWriteJournalBuilder")
+            .field("url", &redact(&self.url))
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_block", &self.max_block)
+            .field("pool_size", &self.pool_size)
+            .field("tls_root_ca", &self.root_ca)
+            .finish()
+    }
 }
 
 impl RedisWriteJournalBuilder {
@@ -97,7 +115,18 @@ impl RedisWriteJournalBuilder {
         self
     }
 
+    /// Trust the CA certificates in `pem` for `rediss://` instead of the default roots (feature
+    /// `tls`; default: no private CA), as
+    /// [`RedisBackendBuilder::tls_root_ca`](crate::RedisBackendBuilder::tls_root_ca) does.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_ca = RootCa(Some(pem.into()));
+        self
+    }
+
     fn check(&self) -> Result<()> {
+        self.root_ca.check(std::iter::once(self.url.as_str()))?;
         if self.command_timeout.is_zero()
             || self.connect_timeout.is_zero()
             || self.max_block.is_zero()
@@ -123,13 +152,13 @@ impl RedisWriteJournalBuilder {
     /// or `Timeout` error when Redis cannot be reached.
     pub async fn connect(self) -> Result<RedisWriteJournal> {
         self.check()?;
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| self.invalid_url(e))?;
+        let client = self.root_ca.client(&self.url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout));
         let manager = tokio::time::timeout(
             self.connect_timeout,
-            ConnectionManager::new_with_config(client, config),
+            ConnectionManager::new_with_config(client.clone(), config),
         )
         .await
         .map_err(|_| Error::timeout(format!("connecting to {} timed out", redact(&self.url))))?
@@ -140,9 +169,12 @@ impl RedisWriteJournalBuilder {
         let read_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.max_block + self.command_timeout));
-        let manager_for_pool =
-            deadpool_redis::Manager::new_with_config(self.url.as_str(), read_config)
-                .map_err(|e| self.invalid_url(e))?;
+        // The pool's connections are made with the client's settings (its TLS ones too).
+        let manager_for_pool = deadpool_redis::Manager::new_with_config(
+            client.get_connection_info().clone(),
+            read_config,
+        )
+        .map_err(|e| self.invalid_url(e))?;
         let pool = deadpool_redis::Pool::builder(manager_for_pool)
             .max_size(self.pool_size)
             .wait_timeout(Some(self.command_timeout))
@@ -229,6 +261,7 @@ impl RedisWriteJournal {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_block: DEFAULT_MAX_BLOCK,
             pool_size: DEFAULT_JOURNAL_POOL_SIZE,
+            root_ca: RootCa::default(),
         }
     }
 

@@ -345,3 +345,22 @@ async fn a_full_redis_is_a_temporary_error() {
         backend.get(&ns.key(0).unwrap()).await;
     assert!(read.is_ok(), "reads go on: {read:?}");
 }
+
+/// No builder shows the password of its URL (they are printed in logs and panics).
+#[test]
+fn builders_keep_passwords_out_of_debug() {
+    let url = "redis://app:s3cr3t-pass@127.0.0.1:1";
+    let shown = [
+        format!("{:?}", RedisBackend::builder(url)),
+        format!("{:?}", layercache_redis::RedisPubSub::builder(url)),
+        format!("{:?}", layercache_redis::RedisTracking::builder(url)),
+        format!(
+            "{:?}",
+            layercache_redis::RedisWriteJournal::builder(url, "s")
+        ),
+    ];
+    for text in shown {
+        assert!(!text.contains("s3cr3t-pass"), "{text}");
+        assert!(text.contains("127.0.0.1"), "{text}");
+    }
+}

@@ -95,6 +95,12 @@ async fn a_server_certificate_from_another_ca_fails_the_connect_with_a_certifica
             shown(&error).contains("unknownissuer"),
             "pool {pool:?}: {error}"
         );
+        if pool.is_none() {
+            assert!(
+                !error.is_temporary(),
+                "a refused certificate stays refused: {error}"
+            );
+        }
     }
 }
 

@@ -14,6 +14,8 @@ mod memory;
 mod metrics;
 mod processes;
 mod symptoms;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
