@@ -1,0 +1,5 @@
+//! Integration tests of layercache-tower against real `redis-server` processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod session;
