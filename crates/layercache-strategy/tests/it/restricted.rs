@@ -53,6 +53,19 @@ fn app_url(server: &RedisServer) -> String {
     format!("redis://app:app-secret@{}:{}", server.host(), server.port())
 }
 
+/// A server with user `app` made from the documented ACL line; its admin connection and the
+/// user's URL.
+async fn restricted_server() -> (RedisServer, redis::aio::MultiplexedConnection, String) {
+    let server = RedisServer::start();
+    let mut admin = admin(&server).await;
+    // `ACL SETUSER app …`: the admin sends the rest as it is written.
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg(&documented_acl()[1..]);
+    let _: () = cmd.query_async(&mut admin).await.unwrap();
+    let url = app_url(&server);
+    (server, admin, url)
+}
+
 /// The source of truth of the write-behind part.
 #[derive(Default)]
 struct Table(Mutex<HashMap<String, String>>);
@@ -96,14 +109,7 @@ async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_feature_works_as_a_user_restricted_to_its_prefix() {
-    let server = RedisServer::start();
-    let mut admin = admin(&server).await;
-    let line = documented_acl();
-    // `ACL SETUSER app …`: the admin sends the rest as it is written.
-    let mut cmd = redis::cmd("ACL");
-    cmd.arg(&line[1..]);
-    let _: () = cmd.query_async(&mut admin).await.unwrap();
-    let url = app_url(&server);
+    let (_server, mut admin, url) = restricted_server().await;
 
     // Two instances joined by pub/sub, a third by client tracking; A and B take the lock.
     let pubsub = || {
@@ -243,13 +249,7 @@ async fn every_feature_works_as_a_user_restricted_to_its_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_up_check_names_what_a_restricted_user_lacks() {
-    let server = RedisServer::start();
-    let mut admin = admin(&server).await;
-    let line = documented_acl();
-    let mut cmd = redis::cmd("ACL");
-    cmd.arg(&line[1..]);
-    let _: () = cmd.query_async(&mut admin).await.unwrap();
-    let url = app_url(&server);
+    let (server, mut admin, url) = restricted_server().await;
     let redis = backend(&url).await;
     redis.check_permissions(&RedisFeature::ALL).await.unwrap();
 
