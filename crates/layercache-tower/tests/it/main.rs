@@ -3,3 +3,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod session;
+
+mod rate_limit;
