@@ -43,6 +43,9 @@ fn rate_limit(c: &mut Criterion) {
     let (limiter, raw) = rt.block_on(async {
         let limiter = RateLimiter::builder(Algorithm::Gcra, LIMIT, WINDOW)
             .key_prefix("bench:rate_limit:")
+            // Generous, so a stall of a loaded machine never sends a request to the fallback
+            // (which would measure the in-process limiter instead of Redis).
+            .timeout(Duration::from_secs(1))
             .connect(&server.url())
             .await
             .expect("limiter");
