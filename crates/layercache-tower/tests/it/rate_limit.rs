@@ -20,6 +20,9 @@ const LIMIT: u64 = 100;
 const WINDOW: Duration = Duration::from_secs(10);
 const REQUESTS: usize = 1_000;
 const TASKS: usize = 16;
+/// The Redis timeout of the counting tests: far above the default (50 ms), so a stall of a busy
+/// machine never hands a decision to the fallback and the counts stay exact.
+const PATIENT: Duration = Duration::from_secs(2);
 
 fn shared_server() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
@@ -144,6 +147,7 @@ fn check_responses(responses: &[Response<String>], window: Duration) -> u64 {
 async fn limiter(algorithm: Algorithm, test: &str) -> RateLimiter {
     RateLimiter::builder(algorithm, LIMIT, WINDOW)
         .key_prefix(prefix(test))
+        .timeout(PATIENT)
         .connect(&shared_server().url())
         .await
         .unwrap()
@@ -213,6 +217,7 @@ async fn two_instances_share_the_limit() {
     let connect = || {
         RateLimiter::builder(Algorithm::FixedWindow, LIMIT, WINDOW)
             .key_prefix(prefix.clone())
+            .timeout(PATIENT)
             .connect(&url)
     };
     let (one, two) = (connect().await.unwrap(), connect().await.unwrap());
@@ -228,10 +233,15 @@ async fn two_instances_share_the_limit() {
     assert_eq!(b.allowed + b.denied, (REQUESTS / 2) as u64);
 }
 
-const TIMEOUT: Duration = Duration::from_millis(50);
+/// Above the default (50 ms) so the healthy first burst never times out on a loaded machine.
+const TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A limiter on a server of its own, which the test stops after a first, healthy burst.
-async fn stopped_redis(on_error: OnRedisError, limit: u64) -> (RateLimiter, RedisServer) {
+/// Returns the stats at the stop too, so the assertions count only what came after.
+async fn stopped_redis(
+    on_error: OnRedisError,
+    limit: u64,
+) -> (RateLimiter, RedisServer, RateLimitStats) {
     let server = RedisServer::start();
     let limiter = RateLimiter::builder(Algorithm::FixedWindow, limit, WINDOW)
         .key_prefix(prefix("stopped"))
@@ -242,8 +252,9 @@ async fn stopped_redis(on_error: OnRedisError, limit: u64) -> (RateLimiter, Redi
         .unwrap();
     let (before, _) = burst(&[service(&limiter)], "before", 5).await;
     assert!(before.iter().all(|r| r.status() == StatusCode::OK));
+    let before = limiter.stats();
     server.stop();
-    (limiter, server)
+    (limiter, server, before)
 }
 
 /// 50 requests with Redis down: every one completes (the hang detector is 5× the timeout per
@@ -259,7 +270,7 @@ async fn burst_while_down(limiter: &RateLimiter, client: &str) -> Vec<Response<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_stopped_fail_open_allows_and_counts() {
-    let (limiter, _server) = stopped_redis(OnRedisError::Allow, LIMIT).await;
+    let (limiter, _server, before) = stopped_redis(OnRedisError::Allow, LIMIT).await;
     let responses = burst_while_down(&limiter, "client").await;
     for response in &responses {
         assert_eq!(response.status(), StatusCode::OK);
@@ -269,14 +280,14 @@ async fn redis_stopped_fail_open_allows_and_counts() {
         );
     }
     let stats = limiter.stats();
-    assert_eq!(stats.allowed, 5 + 50);
-    assert_eq!(stats.fallback_decisions, 50);
-    assert!(stats.redis_errors >= 1);
+    assert_eq!(stats.allowed - before.allowed, 50);
+    assert_eq!(stats.fallback_decisions - before.fallback_decisions, 50);
+    assert!(stats.redis_errors > before.redis_errors);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_stopped_local_fallback_limits_this_instance() {
-    let (limiter, _server) = stopped_redis(OnRedisError::Local, 10).await;
+    let (limiter, _server, before) = stopped_redis(OnRedisError::Local, 10).await;
     let responses = burst_while_down(&limiter, "client").await;
     let allowed = responses
         .iter()
@@ -289,9 +300,9 @@ async fn redis_stopped_local_fallback_limits_this_instance() {
         assert!(header(response, "retry-after").unwrap() >= 1);
     }
     let stats = limiter.stats();
-    assert_eq!(stats.fallback_decisions, 50);
-    assert_eq!(stats.denied, 40);
-    assert!(stats.redis_errors >= 1);
+    assert_eq!(stats.fallback_decisions - before.fallback_decisions, 50);
+    assert_eq!(stats.denied - before.denied, 40);
+    assert!(stats.redis_errors > before.redis_errors);
     assert_eq!(
         limiter.check("client").await.source,
         DecisionSource::Local,
@@ -301,7 +312,7 @@ async fn redis_stopped_local_fallback_limits_this_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_stopped_fail_closed_denies_with_503() {
-    let (limiter, _server) = stopped_redis(OnRedisError::Deny, LIMIT).await;
+    let (limiter, _server, before) = stopped_redis(OnRedisError::Deny, LIMIT).await;
     let responses = burst_while_down(&limiter, "client").await;
     for response in &responses {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -309,9 +320,9 @@ async fn redis_stopped_fail_closed_denies_with_503() {
         assert!(response.body().is_empty(), "the handler never ran");
     }
     let stats = limiter.stats();
-    assert_eq!(stats.denied, 50);
-    assert_eq!(stats.fallback_decisions, 50);
-    assert!(stats.redis_errors >= 1);
+    assert_eq!(stats.denied - before.denied, 50);
+    assert_eq!(stats.fallback_decisions - before.fallback_decisions, 50);
+    assert!(stats.redis_errors > before.redis_errors);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -324,6 +335,7 @@ async fn redis_cluster_limits_without_crossslot() {
     ] {
         let limiter = RateLimiter::builder(algorithm, 10, WINDOW)
             .key_prefix(prefix("cluster"))
+            .timeout(PATIENT)
             .connect_cluster(&cluster.urls())
             .await
             .unwrap();
@@ -372,6 +384,7 @@ async fn the_script_is_loaded_again_after_a_flush() {
 async fn requests_without_a_key_are_not_limited() {
     let limiter = RateLimiter::builder(Algorithm::FixedWindow, 1, WINDOW)
         .key_prefix(prefix("unkeyed"))
+        .timeout(PATIENT)
         .connect(&shared_server().url())
         .await
         .unwrap();
