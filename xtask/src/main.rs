@@ -8,6 +8,7 @@
 //! cargo xtask bench [ARGS]   # cargo bench -p benches -- ARGS
 //! cargo xtask fuzz [SECONDS]  # fuzz the envelope decoder (default 60 s)
 //! cargo xtask redis          # install redis-server when missing
+//! cargo xtask postgres       # install the PostgreSQL server binaries when missing
 //! cargo xtask arch           # architecture checks only
 //! ```
 //!
@@ -33,9 +34,10 @@ USAGE:
 
 COMMANDS:
     test            The CI entry. In order, stopping at the first failure:
-                      ensure redis-server, rustfmt --check, clippy -D warnings,
-                      architecture checks, tests (incl. real Redis), doc tests,
-                      rustdoc -D warnings, benches build, quickstart example.
+                      ensure redis-server, ensure postgresql, rustfmt --check,
+                      clippy -D warnings, architecture checks, tests (incl. real
+                      Redis and PostgreSQL), doc tests, rustdoc -D warnings,
+                      benches build, quickstart example.
     lint            rustfmt --check, clippy -D warnings, architecture checks.
     arch            Architecture checks only (which crate may depend on which).
     bench [ARGS]    cargo bench -p benches -- ARGS (e.g. `cargo xtask bench get`).
@@ -44,10 +46,14 @@ COMMANDS:
                       corpus in fuzz/corpus/envelope_decode; crashes land in
                       fuzz/artifacts/envelope_decode and fail the command.
     redis           Ensure redis-server is installed (apt-get when root).
+    postgres        Ensure the PostgreSQL server binaries (initdb, postgres) are
+                      installed: apt-get install postgresql when root. Looked for in
+                      LAYERCACHE_POSTGRES_BIN, on PATH, then /usr/lib/postgresql/*/bin.
     help            This text.
 
 ENVIRONMENT:
     LAYERCACHE_REDIS_SERVER   path to a redis-server binary to use instead of PATH
+    LAYERCACHE_POSTGRES_BIN   directory holding initdb and postgres, used instead of PATH
     CARGO                     cargo binary to run (set by cargo itself)
 ";
 
@@ -67,6 +73,14 @@ const DEFAULT_FUZZ_SECONDS: u64 = 60;
 /// Hint printed when redis-server is missing and cannot be installed here.
 const REDIS_INSTALL_HINT: &str = "install it with `sudo apt-get install redis-server` (Debian/Ubuntu) \
      or `brew install redis` (macOS), or set LAYERCACHE_REDIS_SERVER to a redis-server binary";
+
+/// Hint printed when the PostgreSQL server binaries are missing and cannot be installed here.
+const POSTGRES_INSTALL_HINT: &str = "install them with `sudo apt-get install postgresql` \
+     (Debian/Ubuntu) or `brew install postgresql` (macOS), or set LAYERCACHE_POSTGRES_BIN to the \
+     directory holding initdb and postgres";
+
+/// Where Debian puts the PostgreSQL server binaries, off PATH: `DIR/VERSION/bin`.
+const DEBIAN_POSTGRES_DIR: &str = "/usr/lib/postgresql";
 
 /// The error of a task: a message for the user.
 #[derive(Debug)]
@@ -123,6 +137,7 @@ fn main() -> ExitCode {
         "test" if rest.is_empty() => run_steps(&test_steps()),
         "lint" if rest.is_empty() => run_steps(&lint_steps()),
         "redis" if rest.is_empty() => run_steps(&[redis_step()]),
+        "postgres" if rest.is_empty() => run_steps(&[postgres_step()]),
         "arch" if rest.is_empty() => run_steps(&[arch_step()]),
         "bench" => run_steps(&[Step::new("benches", || {
             run(cargo().args(["bench", "-p", "benches", "--"]).args(rest))
@@ -137,7 +152,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        "test" | "lint" | "redis" | "arch" => {
+        "test" | "lint" | "redis" | "postgres" | "arch" => {
             eprintln!("error: `cargo xtask {command}` takes no arguments, got {rest:?}\n");
             eprint!("{USAGE}");
             ExitCode::from(2)
@@ -152,7 +167,7 @@ fn main() -> ExitCode {
 
 /// The steps of `cargo xtask test`, in order.
 fn test_steps() -> Vec<Step<'static>> {
-    let mut steps = vec![redis_step()];
+    let mut steps = vec![redis_step(), postgres_step()];
     steps.extend(lint_steps());
     steps.extend([
         Step::new("tests", || {
@@ -269,6 +284,11 @@ fn arch_step() -> Step<'static> {
 /// The step ensuring a redis-server binary is available.
 fn redis_step() -> Step<'static> {
     Step::new("ensure redis-server", ensure_redis_server)
+}
+
+/// The step ensuring the PostgreSQL server binaries are available.
+fn postgres_step() -> Step<'static> {
+    Step::new("ensure postgresql", ensure_postgres)
 }
 
 /// Runs `steps` in order with a banner and timing each, stopping at the first
@@ -446,14 +466,81 @@ fn install_redis_server() -> Result {
             "redis-server is missing and apt-get is not available to install it; {REDIS_INSTALL_HINT}"
         )));
     }
-    let apt_get = |args: &[&str]| {
-        run(Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null()))
-    };
     apt_get(&["update"])?;
     apt_get(&["install", "-y", "--no-install-recommends", "redis-server"])
+}
+
+/// Makes sure `initdb` (and so the PostgreSQL server) is available, installing the
+/// `postgresql` package with apt-get when missing and running as root; prints the version found.
+/// Installing it may start Debian's own cluster on port 5432; the testkit never uses that one.
+fn ensure_postgres() -> Result {
+    let initdb = match find_initdb() {
+        Some(initdb) => initdb,
+        None => {
+            println!(
+                "    initdb not found in LAYERCACHE_POSTGRES_BIN, on PATH or under {DEBIAN_POSTGRES_DIR}/*/bin"
+            );
+            if !is_root() || which("apt-get").is_none() {
+                return Err(Error::new(format!(
+                    "PostgreSQL is missing and cannot be installed automatically here (that needs \
+                     root and apt-get); {POSTGRES_INSTALL_HINT}"
+                )));
+            }
+            apt_get(&["update"])?;
+            apt_get(&["install", "-y", "--no-install-recommends", "postgresql"])?;
+            find_initdb().ok_or_else(|| {
+                Error::new(format!(
+                    "initdb still not found after installing postgresql; {POSTGRES_INSTALL_HINT}"
+                ))
+            })?
+        }
+    };
+    let version = output(Command::new(&initdb).arg("--version"))?;
+    println!("    using {}: {}", initdb.display(), version.trim());
+    Ok(())
+}
+
+/// `initdb` in `$LAYERCACHE_POSTGRES_BIN`, else on PATH, else in the newest
+/// `/usr/lib/postgresql/VERSION/bin` (the testkit looks in the same places).
+fn find_initdb() -> Option<PathBuf> {
+    if let Some(dir) = env::var_os("LAYERCACHE_POSTGRES_BIN").filter(|dir| !dir.is_empty()) {
+        let initdb = PathBuf::from(dir).join("initdb");
+        if is_executable(&initdb) {
+            return Some(initdb);
+        }
+        println!(
+            "    note: {} is not an executable file; looking on PATH",
+            initdb.display()
+        );
+    }
+    which("initdb").or_else(|| {
+        let mut versions: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(DEBIAN_POSTGRES_DIR)
+            .ok()?
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let name = entry.file_name().into_string().ok()?;
+                let version: Vec<u32> = name
+                    .split('.')
+                    .map(|part| part.parse().ok())
+                    .collect::<Option<_>>()?;
+                Some((version, entry.path().join("bin").join("initdb")))
+            })
+            .collect();
+        versions.sort();
+        versions
+            .into_iter()
+            .rev()
+            .map(|(_, initdb)| initdb)
+            .find(|initdb| is_executable(initdb))
+    })
+}
+
+/// Runs `apt-get ARGS` non-interactively.
+fn apt_get(args: &[&str]) -> Result {
+    run(Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null()))
 }
 
 /// Whether `id -u` prints `0`.

@@ -7,6 +7,8 @@
 //!   the [`backend_conformance!`] macro turns it into one `#[tokio::test]` per case.
 //! - [`history`]: a linearizability-style checker for concurrent histories of reads, writes and
 //!   invalidations against a versioned source of truth.
+//! - `postgres` (feature `postgres`): a real PostgreSQL (`initdb` + `postgres`) on a free loopback
+//!   port, for end-to-end tests with a database.
 //! - The manual clock lives in the core crate ([`ManualClock`]) and is re-exported here.
 
 #![allow(
@@ -17,6 +19,8 @@
 
 pub mod conformance;
 pub mod history;
+#[cfg(all(feature = "postgres", unix))]
+pub mod postgres;
 pub mod server;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
