@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use layercache_core::{Error, Result};
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, ScriptInvocation};
@@ -37,6 +37,8 @@ enum Inner {
     Manager(ConnectionManager),
     Pool(deadpool_redis::Pool),
     Cluster(ClusterConnection),
+    /// A connection of its own, made for one request (see [`Connection::aside`]).
+    Aside(MultiplexedConnection),
 }
 
 /// Counters kept by the connection layer.
@@ -53,6 +55,8 @@ pub(crate) struct Connection {
     timeout: Duration,
     /// Bytes per second a value is allowed on top of the timeout (see [`Connection::query_sized`]).
     transfer_rate: u64,
+    /// The client of a shared connection and the bound on connecting, to make a connection aside.
+    client: Option<(redis::Client, Duration)>,
     pub(crate) counters: Arc<ConnCounters>,
 }
 
@@ -67,6 +71,7 @@ impl fmt::Debug for Connection {
             Inner::Manager(_) => "ConnectionManager",
             Inner::Pool(_) => "Pool",
             Inner::Cluster(_) => "Cluster",
+            Inner::Aside(_) => "Aside",
         };
         f.debug_struct("Connection")
             .field("kind", &kind)
@@ -148,6 +153,34 @@ impl Connection {
         Self::new(Inner::Cluster(cluster), timeout)
     }
 
+    /// Keeps the client of a shared connection, for [`aside`](Self::aside).
+    pub(crate) fn with_client(mut self, client: redis::Client, connect_timeout: Duration) -> Self {
+        self.client = Some((client, connect_timeout));
+        self
+    }
+
+    /// A connection for a request that must not queue behind the shared connection's traffic
+    /// (a large reply in transit, say): a new connection from the client, made within the
+    /// connect timeout; pools and clusters hand out such connections already, so them as they
+    /// are.
+    pub(crate) async fn aside(&self) -> Result<Connection> {
+        let Some((client, connect_timeout)) = &self.client else {
+            return Ok(self.clone());
+        };
+        let conn =
+            tokio::time::timeout(*connect_timeout, client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| Error::timeout("connecting aside timed out"))?
+                .map_err(redis_error)?;
+        Ok(Connection {
+            inner: Inner::Aside(conn),
+            timeout: self.timeout,
+            transfer_rate: self.transfer_rate,
+            client: None,
+            counters: Arc::clone(&self.counters),
+        })
+    }
+
     /// Allows values `rate` bytes per second on top of the timeout.
     pub(crate) fn with_transfer_rate(mut self, rate: u64) -> Self {
         self.transfer_rate = rate.max(1);
@@ -225,6 +258,7 @@ impl Connection {
             inner,
             timeout,
             transfer_rate: DEFAULT_TRANSFER_RATE,
+            client: None,
             counters: Arc::default(),
         }
     }
@@ -238,6 +272,10 @@ impl Connection {
             }
             Inner::Cluster(cluster) => {
                 let mut conn = cluster.clone();
+                exec(&mut conn, req).await.map_err(Attempt::Redis)
+            }
+            Inner::Aside(aside) => {
+                let mut conn = aside.clone();
                 exec(&mut conn, req).await.map_err(Attempt::Redis)
             }
             Inner::Pool(pool) => {

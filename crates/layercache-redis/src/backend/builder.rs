@@ -354,6 +354,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
                     Err(_) => return Err(self.why_not_connected(&client).await),
                 };
                 Connection::manager(manager, self.command_timeout)
+                    .with_client(client, self.connect_timeout)
             }
         };
         let required = std::mem::take(&mut self.required);
@@ -385,10 +386,12 @@ impl<C: Codec> RedisBackendBuilder<C> {
         let conn = match self.pool_size {
             Some(size) => self.pool_connection(size)?,
             None => {
+                let client = self.client()?;
                 let manager =
-                    ConnectionManager::new_lazy_with_config(self.client()?, self.manager_config())
+                    ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())
                         .map_err(|e| redis_error(e).context("creating the redis connection"))?;
                 Connection::manager(manager, self.command_timeout)
+                    .with_client(client, self.connect_timeout)
             }
         };
         Ok(self.finish(conn))

@@ -256,14 +256,16 @@ impl<C: Codec> RedisBackend<C> {
         Ok(bytes)
     }
 
-    /// After a GET of `key` timed out: its value's length (`STRLEN`, within the command timeout),
-    /// and, when the value is large enough to explain the timeout, the GET once more within the
-    /// bound of its size. `None` when that does not explain it (the first error stands).
+    /// After a GET of `key` timed out: its value's length (`STRLEN`, within the command timeout,
+    /// on a connection aside made within the connect timeout), and, when the value is large
+    /// enough to explain the timeout, the GET once more there within the bound of its size.
+    /// `None` when that does not explain it (the first error stands).
     async fn read_large(&self, key: &Key, get: &redis::Cmd) -> Option<Option<Vec<u8>>> {
+        // On a connection aside: on the shared one, both would queue behind the reply in transit.
+        let aside = self.conn.aside().await.ok()?;
         let mut strlen = redis::cmd("STRLEN");
         strlen.arg(self.keys.key(key.as_str()));
-        let len: usize = self
-            .conn
+        let len: usize = aside
             .query(Request::Cmd(&strlen), Idempotent::Yes)
             .await
             .ok()?;
@@ -271,10 +273,7 @@ impl<C: Codec> RedisBackend<C> {
             return None;
         }
         tracing::debug!(%key, len, "reading a large value within the bound of its size");
-        self.conn
-            .query_large_read(Request::Cmd(get), len)
-            .await
-            .ok()
+        aside.query_large_read(Request::Cmd(get), len).await.ok()
     }
 
     /// Adds the command that stores `entry` (or removes `key` if the entry is already expired);

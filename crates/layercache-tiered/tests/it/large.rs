@@ -102,11 +102,22 @@ async fn a_raised_limit_stores_64_mib_and_another_instance_reads_it() {
     let started = Instant::now();
     writer.set(&key, huge.clone()).await.unwrap();
     let written = started.elapsed();
+    // Each read is bounded by the default 100 ms L2 timeout (plus the large value's own bound
+    // once its size is known); on a loaded 2-core machine one may miss for reasons that have
+    // nothing to do with size, so the reader gets a few tries, as a caller would.
     let started = Instant::now();
-    let read = reader.get(&key).await.unwrap();
+    let mut attempts = 0;
+    let read = loop {
+        attempts += 1;
+        let read = reader.get(&key).await.unwrap();
+        if read.is_some() || attempts == 5 {
+            break read;
+        }
+    };
     println!(
-        "64 MiB: set {written:?}, read by another instance {:?}",
-        started.elapsed()
+        "64 MiB: set {written:?}, read by another instance {:?} ({attempts} attempts, {} L2 errors)",
+        started.elapsed(),
+        reader.stats().l2_errors
     );
     assert!(
         read == Some(huge),
