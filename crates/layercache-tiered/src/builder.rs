@@ -412,7 +412,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
         };
         #[cfg(feature = "redis")]
         let l2_stats = match redis {
-            Some(redis) => crate::cache::L2Stats::Redis(redis),
+            Some(redis) => crate::cache::L2Stats::Redis(Box::new(redis)),
             None => crate::cache::L2Stats::None,
         };
         #[cfg(not(feature = "redis"))]

@@ -21,7 +21,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum L2Stats {
     None,
     #[cfg(feature = "redis")]
-    Redis(layercache_redis::RedisBackend),
+    Redis(Box<layercache_redis::RedisBackend>),
 }
 
 /// A two-tier cache: L1 (moka, in process) over L2 (Redis or any [`Backend`](layercache_core::Backend),
