@@ -124,6 +124,12 @@ pub(crate) const RULES: &[Rule] = &[
         "Redis as L2 is the optional `redis` feature: the in-process cache alone compiles no redis",
     ),
     (
+        "layercache-tower",
+        Features::All,
+        &["axum", "hyper", "layercache-testkit"],
+        "the HTTP layer speaks tower and http types, not a framework; the test kit is dev-only",
+    ),
+    (
         "layercache",
         Features::Only("tiered"),
         &["redis", "deadpool-redis"],
