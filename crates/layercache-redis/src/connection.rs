@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use layercache_core::{Error, Result};
-use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, ScriptInvocation};
@@ -37,8 +37,6 @@ enum Inner {
     Manager(ConnectionManager),
     Pool(deadpool_redis::Pool),
     Cluster(ClusterConnection),
-    /// A connection of its own, made for one request (see [`Connection::aside`]).
-    Aside(MultiplexedConnection),
 }
 
 /// Counters kept by the connection layer.
@@ -55,8 +53,9 @@ pub(crate) struct Connection {
     timeout: Duration,
     /// Bytes per second a value is allowed on top of the timeout (see [`Connection::query_sized`]).
     transfer_rate: u64,
-    /// The client of a shared connection and the bound on connecting, to make a connection aside.
-    client: Option<(redis::Client, Duration)>,
+    /// A second shared connection, made on first use, for requests that must not queue behind
+    /// the first one's traffic (see [`Connection::aside`]).
+    aside: Option<ConnectionManager>,
     pub(crate) counters: Arc<ConnCounters>,
 }
 
@@ -71,7 +70,6 @@ impl fmt::Debug for Connection {
             Inner::Manager(_) => "ConnectionManager",
             Inner::Pool(_) => "Pool",
             Inner::Cluster(_) => "Cluster",
-            Inner::Aside(_) => "Aside",
         };
         f.debug_struct("Connection")
             .field("kind", &kind)
@@ -153,32 +151,27 @@ impl Connection {
         Self::new(Inner::Cluster(cluster), timeout)
     }
 
-    /// Keeps the client of a shared connection, for [`aside`](Self::aside).
-    pub(crate) fn with_client(mut self, client: redis::Client, connect_timeout: Duration) -> Self {
-        self.client = Some((client, connect_timeout));
+    /// Keeps a second connection manager (lazy: it connects on first use), for
+    /// [`aside`](Self::aside).
+    pub(crate) fn with_aside(mut self, aside: ConnectionManager) -> Self {
+        self.aside = Some(aside);
         self
     }
 
-    /// A connection for a request that must not queue behind the shared connection's traffic
-    /// (a large reply in transit, say): a new connection from the client, made within the
-    /// connect timeout; pools and clusters hand out such connections already, so them as they
-    /// are.
-    pub(crate) async fn aside(&self) -> Result<Connection> {
-        let Some((client, connect_timeout)) = &self.client else {
-            return Ok(self.clone());
-        };
-        let conn =
-            tokio::time::timeout(*connect_timeout, client.get_multiplexed_async_connection())
-                .await
-                .map_err(|_| Error::timeout("connecting aside timed out"))?
-                .map_err(redis_error)?;
-        Ok(Connection {
-            inner: Inner::Aside(conn),
-            timeout: self.timeout,
-            transfer_rate: self.transfer_rate,
-            client: None,
-            counters: Arc::clone(&self.counters),
-        })
+    /// The connection for a request that must not queue behind this one's traffic (a large
+    /// reply in transit, say): the second manager of a shared connection; pools and clusters
+    /// hand out such connections already, so them as they are.
+    pub(crate) fn aside(&self) -> Connection {
+        match &self.aside {
+            Some(aside) => Connection {
+                inner: Inner::Manager(aside.clone()),
+                timeout: self.timeout,
+                transfer_rate: self.transfer_rate,
+                aside: None,
+                counters: Arc::clone(&self.counters),
+            },
+            None => self.clone(),
+        }
     }
 
     /// Allows values `rate` bytes per second on top of the timeout.
@@ -258,7 +251,7 @@ impl Connection {
             inner,
             timeout,
             transfer_rate: DEFAULT_TRANSFER_RATE,
-            client: None,
+            aside: None,
             counters: Arc::default(),
         }
     }
@@ -272,10 +265,6 @@ impl Connection {
             }
             Inner::Cluster(cluster) => {
                 let mut conn = cluster.clone();
-                exec(&mut conn, req).await.map_err(Attempt::Redis)
-            }
-            Inner::Aside(aside) => {
-                let mut conn = aside.clone();
                 exec(&mut conn, req).await.map_err(Attempt::Redis)
             }
             Inner::Pool(pool) => {

@@ -140,8 +140,8 @@ impl<C: Codec> RedisBackendBuilder<C> {
     /// (default [`DEFAULT_TRANSFER_RATE`](crate::DEFAULT_TRANSFER_RATE), 16 MiB/s): a write of `n`
     /// bytes is bounded by `command_timeout + n / rate`, so large values are not cut by a timeout
     /// made for small ones; a write that overruns its bound is a `Timeout` error whose message
-    /// says its outcome is unknown. A read that times out asks the value's length (`STRLEN`) and,
-    /// when it is large, reads once more within the bound of its size.
+    /// says its outcome is unknown. A read that times out makes the backend ask the value's length
+    /// in the background (`STRLEN`); a large value's next reads are bounded by its size.
     #[must_use]
     pub fn transfer_rate(mut self, bytes_per_second: u64) -> Self {
         self.transfer_rate = bytes_per_second;
@@ -250,6 +250,12 @@ impl<C: Codec> RedisBackendBuilder<C> {
         self.root_ca.client(&self.url)
     }
 
+    /// The second, lazy connection manager of a shared connection (see `Connection::aside`).
+    fn aside(&self, client: redis::Client) -> Result<ConnectionManager> {
+        ConnectionManager::new_lazy_with_config(client, self.manager_config())
+            .map_err(|e| redis_error(e).context("creating the redis connection aside"))
+    }
+
     fn manager_config(&self) -> ConnectionManagerConfig {
         // One timer per command: ours (`Connection::query`, which also bounds the retry), not a
         // second one inside redis-rs.
@@ -286,6 +292,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
             tag_prefix: self.tag_prefix,
             max_value_size: self.max_value_size,
             plain: self.plain,
+            large: Arc::default(),
             counters: Arc::default(),
         }
     }
@@ -353,8 +360,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
                     })?,
                     Err(_) => return Err(self.why_not_connected(&client).await),
                 };
-                Connection::manager(manager, self.command_timeout)
-                    .with_client(client, self.connect_timeout)
+                Connection::manager(manager, self.command_timeout).with_aside(self.aside(client)?)
             }
         };
         let required = std::mem::take(&mut self.required);
@@ -390,8 +396,7 @@ impl<C: Codec> RedisBackendBuilder<C> {
                 let manager =
                     ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())
                         .map_err(|e| redis_error(e).context("creating the redis connection"))?;
-                Connection::manager(manager, self.command_timeout)
-                    .with_client(client, self.connect_timeout)
+                Connection::manager(manager, self.command_timeout).with_aside(self.aside(client)?)
             }
         };
         Ok(self.finish(conn))

@@ -39,8 +39,47 @@ pub const DEFAULT_TAG_PREFIX: &str = "layercache:tag:";
 /// Larger values are refused with a `TooLarge` error before anything is sent: Redis and its
 /// network handle them, but a cache that holds them slows every reader of the connection.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1024 * 1024;
-/// Values at least this long may explain a read's timeout (see `RedisBackend::read_large`).
+/// Values at least this long may explain a read's timeout (see `RedisBackend::learn_size`).
 const LARGE_READ: usize = 256 * 1024;
+
+/// The Redis keys whose values were found large after a read timed out, with their lengths:
+/// their reads are bounded by their size. Bounded: it forgets everything when full.
+#[derive(Debug, Default)]
+struct LargeValues {
+    /// Whether any is remembered: the read path checks this atomic, not the map, so reads of a
+    /// backend that never met a large value take no lock and make no key.
+    any: std::sync::atomic::AtomicBool,
+    known: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// How many large values [`LargeValues`] remembers.
+const LARGE_VALUES_REMEMBERED: usize = 1024;
+
+impl LargeValues {
+    fn len_of(&self, redis_key: impl FnOnce() -> String) -> Option<usize> {
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.get(&redis_key()).copied()
+    }
+
+    fn remember(&self, redis_key: String, len: usize) {
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.len() >= LARGE_VALUES_REMEMBERED {
+            known.clear();
+        }
+        known.insert(redis_key, len);
+        self.any.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The default size of the optional connection pool.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
@@ -94,6 +133,7 @@ pub struct RedisBackend<C = JsonCodec> {
     max_value_size: usize,
     /// Values without the envelope (see plain.rs).
     plain: bool,
+    large: Arc<LargeValues>,
     counters: Arc<Counters>,
 }
 
@@ -109,6 +149,7 @@ impl<C: Clone> Clone for RedisBackend<C> {
             tag_prefix: self.tag_prefix.clone(),
             max_value_size: self.max_value_size,
             plain: self.plain,
+            large: Arc::clone(&self.large),
             counters: Arc::clone(&self.counters),
         }
     }
@@ -256,24 +297,28 @@ impl<C: Codec> RedisBackend<C> {
         Ok(bytes)
     }
 
-    /// After a GET of `key` timed out: its value's length (`STRLEN`, within the command timeout,
-    /// on a connection aside made within the connect timeout), and, when the value is large
-    /// enough to explain the timeout, the GET once more there within the bound of its size.
-    /// `None` when that does not explain it (the first error stands).
-    async fn read_large(&self, key: &Key, get: &redis::Cmd) -> Option<Option<Vec<u8>>> {
-        // On a connection aside: on the shared one, both would queue behind the reply in transit.
-        let aside = self.conn.aside().await.ok()?;
-        let mut strlen = redis::cmd("STRLEN");
-        strlen.arg(self.keys.key(key.as_str()));
-        let len: usize = aside
-            .query(Request::Cmd(&strlen), Idempotent::Yes)
-            .await
-            .ok()?;
-        if len < LARGE_READ {
-            return None;
-        }
-        tracing::debug!(%key, len, "reading a large value within the bound of its size");
-        aside.query_large_read(Request::Cmd(get), len).await.ok()
+    /// After a GET of `key` timed out: in the background, on the connection aside, asks the
+    /// value's length (`STRLEN`, within the command timeout) and, when the value is large enough
+    /// to explain the timeout, remembers it, so that the next reads of the key are bounded by its
+    /// size. The caller is not kept waiting: its read ends at the command timeout, as any read.
+    fn learn_size(&self, key: &Key) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (aside, large, key) = (self.conn.aside(), Arc::clone(&self.large), key.clone());
+        let redis_key = self.keys.join(key.as_str());
+        runtime.spawn(async move {
+            let mut strlen = redis::cmd("STRLEN");
+            strlen.arg(&redis_key);
+            if let Ok(len) = aside
+                .query::<usize>(Request::Cmd(&strlen), Idempotent::Yes)
+                .await
+                && len >= LARGE_READ
+            {
+                tracing::debug!(%key, len, "a large value: its reads get the bound of its size");
+                large.remember(redis_key, len);
+            }
+        });
     }
 
     /// Adds the command that stores `entry` (or removes `key` if the entry is already expired);
@@ -317,14 +362,25 @@ where
         }
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.keys.key(key.as_str()));
-        let bytes: Option<Vec<u8>> =
-            match self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await {
-                Ok(bytes) => bytes,
-                Err(error) if error.kind() == ErrorKind::Timeout => {
-                    self.read_large(key, &cmd).await.ok_or(error)?
+        let read = match self.large.len_of(|| self.keys.join(key.as_str())) {
+            // A value known to be large: on the connection aside, within the bound of its size.
+            Some(len) => {
+                self.conn
+                    .aside()
+                    .query_large_read(Request::Cmd(&cmd), len)
+                    .await
+            }
+            None => self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await,
+        };
+        let bytes: Option<Vec<u8>> = match read {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                if error.kind() == ErrorKind::Timeout {
+                    self.learn_size(key);
                 }
-                Err(error) => return Err(error),
-            };
+                return Err(error);
+            }
+        };
         Ok(self.decode(key, bytes, self.clock.now()))
     }
 
