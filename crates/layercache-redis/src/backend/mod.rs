@@ -330,22 +330,33 @@ impl<C: Codec> RedisBackend<C> {
         entry: &Entry<V>,
         now: Timestamp,
     ) -> Result<usize> {
+        let Some((bytes, px)) = self.stored_form(entry, now)? else {
+            pipe.cmd("UNLINK").arg(self.keys.key(key.as_str())).ignore();
+            return Ok(0);
+        };
+        let len = bytes.len();
+        pipe.cmd("SET")
+            .arg(self.keys.key(key.as_str()))
+            .arg(bytes)
+            .arg("PX")
+            .arg(px)
+            .ignore();
+        Ok(len)
+    }
+
+    /// What a store of `entry` at `now` sends: its checked bytes and its PX (ms, at least 1), or
+    /// `None` when it has already expired.
+    pub(super) fn stored_form<V: Serialize>(
+        &self,
+        entry: &Entry<V>,
+        now: Timestamp,
+    ) -> Result<Option<(Vec<u8>, u64)>> {
         let ttl = entry.meta.time_to_live(now);
         if ttl.is_zero() {
-            pipe.cmd("UNLINK").arg(self.keys.key(key.as_str())).ignore();
-            Ok(0)
-        } else {
-            let bytes = self.encode_checked(entry)?;
-            let len = bytes.len();
-            let px = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            pipe.cmd("SET")
-                .arg(self.keys.key(key.as_str()))
-                .arg(bytes)
-                .arg("PX")
-                .arg(px)
-                .ignore();
-            Ok(len)
+            return Ok(None);
         }
+        let px = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        Ok(Some((self.encode_checked(entry)?, px)))
     }
 }
 

@@ -35,13 +35,10 @@ impl<C: Codec> RedisBackend<C> {
         entry: &Entry<V>,
         now: Timestamp,
     ) -> Result<usize> {
-        let ttl = entry.meta.time_to_live(now);
-        if ttl.is_zero() {
+        let Some((bytes, px)) = self.stored_form(entry, now)? else {
             return Ok(0);
-        }
-        let bytes = self.encode_checked(entry)?;
+        };
         let len = bytes.len();
-        let px = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         // EVAL, not EVALSHA: a pipeline cannot reload a script a restarted server forgot, and
         // Redis compiles a script once and keeps it by its hash.
         pipe.cmd("EVAL")
