@@ -221,8 +221,9 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         let loaded = bounded(options.hard_timeout(), loader.load_many(&keys), || {
             format!("loading a batch of {} keys", keys.len())
         })
-        .await
-        .and_then(|values| {
+        .await;
+        self.tiers.latency.load_result(began.1, &loaded);
+        let loaded = loaded.and_then(|values| {
             if values.len() == keys.len() {
                 Ok(values)
             } else {

@@ -166,23 +166,28 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         make_load: impl FnOnce() -> L,
     ) -> Result<Option<V>> {
         let runtime = &self.runtime;
-        let counters = &runtime.tiers.counters;
+        let tiers = &runtime.tiers;
+        let started = tiers.latency.start_read();
         let now = runtime.now();
-        let previous = match runtime.tiers.l1_entry_at(key, now) {
+        let previous = match tiers.l1_entry_at(key, now) {
             Some(entry) if entry.meta.is_fresh(now) => {
-                counters.bump_l1_hits();
+                tiers.counters.bump_l1_hits();
                 runtime.on_hit(key, &entry, options, now, make_load);
+                tiers.latency.l1_hit(started);
                 return Ok(entry.value);
             }
             found => {
-                if runtime.tiers.l1.is_some() {
-                    counters.bump_l1_misses();
+                if tiers.l1.is_some() {
+                    tiers.counters.bump_l1_misses();
                 }
                 found
             }
         };
+        let started = tiers.latency.l1_miss(started, tiers.l1.is_some());
         // Not boxed: an allocation per miss costs more than a larger future.
-        runtime.miss(key, options, previous, now, make_load).await
+        runtime
+            .miss(key, options, previous, (now, started), make_load)
+            .await
     }
 
     /// The values of `keys`, in order: L1, then one L2 MGET for the L1 misses, then one

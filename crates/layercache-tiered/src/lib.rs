@@ -53,6 +53,7 @@ mod cache;
 mod circuit;
 mod coherence;
 mod lanes;
+mod latency;
 mod loaded;
 mod pipeline;
 mod stats;

@@ -29,6 +29,7 @@ use std::time::Instant;
 use layercache_core::{EntryMeta, EntryOptions, Error, Key, Result, Ticket, Timestamp};
 use layercache_stampede::{DistributedLock, EarlyExpiry, Joined, OnLockTimeout, SingleFlight};
 
+use crate::latency::GetOutcome;
 use crate::loaded::LoadFn;
 use crate::tiers::{Stored, Tiers};
 
@@ -69,6 +70,16 @@ impl<V> Served<V> {
         Served {
             value,
             origin: Origin::Stale,
+        }
+    }
+
+    /// What the read that got this ended with, for its latency histogram.
+    pub(crate) fn outcome(&self, led: bool) -> GetOutcome {
+        match (self.origin, led) {
+            (Origin::Stale, _) => GetOutcome::Stale,
+            (_, false) => GetOutcome::Coalesced,
+            (Origin::Cached, true) => GetOutcome::Hit,
+            (Origin::Loaded, true) => GetOutcome::Loaded,
         }
     }
 
@@ -174,22 +185,24 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
     }
 
     /// Layers 2 and 3: a read that found no fresh value in L1 at `now` (`previous` is what it
-    /// found).
+    /// found); `started`: when the read began, for its latency histogram.
     pub(crate) async fn miss<L: LoadFn<V>>(
         self: &Arc<Self>,
         key: &Key,
         options: &EntryOptions,
         previous: Option<Stored<V>>,
-        now: Timestamp,
+        (now, started): (Timestamp, Option<Instant>),
         make_load: impl FnOnce() -> L,
     ) -> Result<Option<V>> {
         let counters = &self.tiers.counters;
+        let latency = &self.tiers.latency;
         let stale = previous.filter(|p| !p.meta.is_expired(now));
         if let Some(stale) = &stale
             && options.stale_while_revalidate()
         {
             self.spawn_refresh(key, stale, options, make_load);
             counters.bump_stale_served();
+            latency.get(started, GetOutcome::Stale);
             return Ok(stale.value.clone());
         }
         let joined = self.flights.join_or_lead(key, || {
@@ -214,8 +227,15 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
             },
             _ => outcome.await,
         };
-        let served = outcome?;
+        let served = match outcome {
+            Ok(served) => served,
+            Err(error) => {
+                latency.get(started, GetOutcome::Error);
+                return Err(error);
+            }
+        };
         served.count(led, counters);
+        latency.get(started, served.outcome(led));
         Ok(served.value)
     }
 
@@ -362,6 +382,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
             format!("loading {key}")
         })
         .await;
+        self.tiers.latency.load_result(started, &loaded);
         match loaded {
             Ok(loaded) => {
                 let (value, own_options) = loaded.into_parts();

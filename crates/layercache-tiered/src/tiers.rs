@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use crate::circuit::CircuitBreaker;
 use crate::coherence::Epochs;
 use crate::lanes::{L2Op, Lanes, Leftover, Queued};
+use crate::latency::{L2Outcome, Latency};
 use crate::stats::Counters;
 
 /// What the tiers hold: `None` is a cached absence (negative caching).
@@ -42,6 +43,8 @@ pub(crate) struct Tiers<V> {
     pub(crate) epochs: Epochs,
     /// How long a delete's tombstone in L2 refuses older loads' stores.
     pub(crate) window: Duration,
+    /// The latency histograms (none until the builder registers them).
+    pub(crate) latency: Latency,
 }
 
 impl<V> std::fmt::Debug for Tiers<V> {
@@ -94,6 +97,7 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
             clock,
             epochs: Epochs::default(),
             window,
+            latency: Latency::default(),
         })
     }
 
@@ -110,13 +114,21 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
     /// The L2 entry of `key`; L2 failures (and an open circuit) read as a miss, counted.
     pub(crate) async fn l2_entry(&self, key: &Key) -> Option<Stored<V>> {
         let l2 = self.l2.as_ref()?;
+        let started = self.latency.start();
         match self.breaker.call(&self.counters, l2.get(key)).await {
             Ok(found) => {
                 let found = found.filter(|entry| !self.epochs.invalidate(key, &entry.meta));
                 self.count_l2_read(found.is_some());
+                let outcome = if found.is_some() {
+                    L2Outcome::Hit
+                } else {
+                    L2Outcome::Miss
+                };
+                self.latency.l2(started, outcome);
                 found
             }
             Err(error) => {
+                self.latency.l2(started, L2Outcome::Error);
                 tracing::debug!(%key, %error, "L2 read failed; reading as a miss");
                 None
             }

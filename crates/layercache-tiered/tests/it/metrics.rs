@@ -44,9 +44,15 @@ impl GaugeFn for Series {
     }
 }
 
+/// A histogram keeps its last value under its name and its number of records under `name#count`.
 impl HistogramFn for Series {
     fn record(&self, value: f64) {
-        self.0.lock().unwrap().insert(self.1.clone(), value);
+        self.record_many(value, 1);
+    }
+    fn record_many(&self, value: f64, count: usize) {
+        let mut seen = self.0.lock().unwrap();
+        seen.insert(self.1.clone(), value);
+        *seen.entry(format!("{}#count", self.1)).or_default() += count as f64;
     }
 }
 
@@ -186,4 +192,137 @@ async fn received_invalidations_record_their_delay_and_are_counted() {
         None,
         "the invalidation applied"
     );
+}
+
+/// The histograms' records so far, by `name{labels}`.
+fn counts(capture: &Capture) -> BTreeMap<String, f64> {
+    capture
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(name, count)| Some((name.strip_suffix("#count")?.to_owned(), *count)))
+        .collect()
+}
+
+#[tokio::test]
+async fn latency_histograms_time_each_tier_by_outcome() {
+    use layercache_core::{Backend, EntryOptions, Error};
+    use layercache_moka::MokaBackend;
+
+    let l2: Arc<dyn Backend<Option<String>>> = Arc::new(MokaBackend::builder().build().unwrap());
+    let capture = Capture::default();
+    // Handles are registered when the cache is built: the recorder must be there then, and only then.
+    let cache: TieredCache<String> = metrics::with_local_recorder(&capture, || {
+        TieredCache::builder()
+            .name("lat")
+            .l2_backend(Arc::clone(&l2))
+            .build()
+            .unwrap()
+    });
+    let (k, shared, failing) = (
+        Key::new("k").unwrap(),
+        Key::new("shared").unwrap(),
+        Key::new("failing").unwrap(),
+    );
+    let entry = EntryOptions::new(Duration::from_secs(60))
+        .entry(
+            Some("from L2".to_owned()),
+            layercache_core::Clock::now(&layercache_core::SystemClock),
+            Duration::ZERO,
+        )
+        .unwrap();
+    l2.set(&shared, entry).await.unwrap();
+
+    // A load (L1 and L2 miss), then an L1 hit, an L2 hit and a failed load.
+    let loaded = cache
+        .get_or_load(&k, |_| async { Ok::<_, Error>(Some("v".to_owned())) })
+        .await
+        .unwrap();
+    assert_eq!(loaded.as_deref(), Some("v"));
+    assert_eq!(
+        cache
+            .get_or_load(&k, |_| async { Ok::<_, Error>(None) })
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+    assert_eq!(
+        cache
+            .get_or_load(&shared, |_| async { Ok::<_, Error>(None) })
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("from L2")
+    );
+    let failed = cache
+        .get_or_load(&failing, |_| async {
+            Err::<Option<String>, _>(Error::loader("the source is down"))
+        })
+        .await;
+    assert!(failed.is_err());
+
+    // L1 lookups are sampled one in 64 per thread, with weight 64: with 128 reads in all on this
+    // thread (4 above), exactly two are sampled, wherever the thread's count stood.
+    for _ in 0..124 {
+        let hit = cache
+            .get_or_load(&k, |_| async { Ok::<_, Error>(None) })
+            .await;
+        assert_eq!(hit.unwrap().as_deref(), Some("v"));
+    }
+
+    let counts = counts(&capture);
+    let count = |series: &str| counts.get(series).copied().unwrap_or(0.0);
+    let exact = [
+        ("layercache_get_seconds{cache=lat,outcome=loaded}", 1.0),
+        ("layercache_get_seconds{cache=lat,outcome=hit}", 1.0),
+        ("layercache_get_seconds{cache=lat,outcome=error}", 1.0),
+        ("layercache_l2_seconds{cache=lat,outcome=miss}", 2.0),
+        ("layercache_l2_seconds{cache=lat,outcome=hit}", 1.0),
+        ("layercache_load_seconds{cache=lat,outcome=ok}", 1.0),
+        ("layercache_load_seconds{cache=lat,outcome=error}", 1.0),
+    ];
+    for (series, expected) in exact {
+        assert_eq!(count(series), expected, "{series}: {counts:#?}");
+    }
+    let (l1_hits, l1_misses) = (
+        count("layercache_l1_seconds{cache=lat,outcome=hit}"),
+        count("layercache_l1_seconds{cache=lat,outcome=miss}"),
+    );
+    assert_eq!(l1_hits + l1_misses, 128.0, "{counts:#?}");
+    assert!(
+        l1_misses <= 64.0,
+        "at most one of the 3 misses sampled: {counts:#?}"
+    );
+    assert_eq!(
+        count("layercache_get_seconds{cache=lat,outcome=l1_hit}"),
+        l1_hits,
+        "{counts:#?}"
+    );
+    let all: f64 = counts.values().sum();
+    assert_eq!(
+        all,
+        8.0 + 2.0 * l1_hits + l1_misses,
+        "nothing else: {counts:#?}"
+    );
+}
+
+#[tokio::test]
+async fn latency_histograms_off_record_nothing() {
+    let capture = Capture::default();
+    let cache: TieredCache<String> = metrics::with_local_recorder(&capture, || {
+        TieredCache::builder()
+            .name("quiet")
+            .latency_histograms(false)
+            .build()
+            .unwrap()
+    });
+    let source = Source::new(Duration::ZERO);
+    let key = Key::new("k").unwrap();
+    for _ in 0..3 {
+        cache.get_or_load_from(&key, &source).await.unwrap();
+    }
+    assert_eq!(source.loads(), 1);
+    assert!(counts(&capture).is_empty(), "{:?}", counts(&capture));
 }
