@@ -8,8 +8,8 @@
 //! prototype reads).
 //!
 //! Trace: [`TRACE_LEN`] requests drawn from Zipf([`ZIPF_S`]) over the keys with a seeded
-//! generator (SplitMix64, a CDF table and a binary search; the ranks are mapped to keys through a
-//! seeded permutation), computed once and shared by every id. One criterion iteration is one
+//! generator (`layercache_testkit::workload`: SplitMix64, a CDF table and a binary search; the
+//! ranks are mapped to keys through a seeded permutation), computed once and shared by every id. One criterion iteration is one
 //! chunk of [`CHUNK`] consecutive requests of the trace, served by [`TASKS`] tokio tasks (task `t`
 //! takes requests `t`, `t + TASKS`, ...); `iter_custom` times whole chunks. Each id keeps a cursor
 //! through the trace across iterations (wrapping at the end), so its cache sees the trace in order.
@@ -52,6 +52,7 @@ use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use layercache_core::{Backend, Clock, EntryOptions, Key, KeySpace, SystemClock};
 use layercache_redis::RedisBackend;
 use layercache_testkit::RedisServer;
+use layercache_testkit::workload::zipf_trace;
 use layercache_tiered::TieredCache;
 use redis::aio::ConnectionManager;
 use tokio::task::JoinSet;
@@ -78,55 +79,6 @@ const WRITE_BATCH: usize = 5_000;
 const CHECK_EVERY: usize = 1_000;
 
 const _: () = assert!(TRACE_LEN.is_multiple_of(CHUNK));
-
-/// SplitMix64: a small, seeded, good-enough generator for a reproducible trace.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`, 53 bits.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1_u64 << 53) as f64)
-    }
-
-    /// Uniform in `[0, n)` (the modulo bias is negligible for `n` far below 2^64).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
-
-/// `len` key numbers drawn from Zipf(`s`) over `n` keys: rank `r` (0 = hottest) has weight
-/// `1 / (r + 1)^s`; ranks map to key numbers through a seeded permutation.
-fn zipf_trace(n: usize, s: f64, len: usize, seed: u64) -> Vec<u32> {
-    let mut rng = SplitMix64(seed);
-    let mut cdf = Vec::with_capacity(n);
-    let mut total = 0.0_f64;
-    for rank in 0..n {
-        total += 1.0 / ((rank + 1) as f64).powf(s);
-        cdf.push(total);
-    }
-    for c in &mut cdf {
-        *c /= total;
-    }
-    let mut key_of_rank: Vec<u32> = (0..n as u32).collect();
-    for i in (1..n).rev() {
-        key_of_rank.swap(i, rng.below(i + 1));
-    }
-    (0..len)
-        .map(|_| {
-            let u = rng.next_f64();
-            let rank = cdf.partition_point(|&c| c <= u).min(n - 1);
-            key_of_rank[rank]
-        })
-        .collect()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -9,6 +9,7 @@
 //!   invalidations against a versioned source of truth.
 //! - `postgres` (feature `postgres`): a real PostgreSQL (`initdb` + `postgres`) on a free loopback
 //!   port, for end-to-end tests with a database.
+//! - [`workload`]: seeded Zipf traces, shared by the benchmarks and the example service's load run.
 //! - The manual clock lives in the core crate ([`ManualClock`]) and is re-exported here.
 
 #![allow(
@@ -24,6 +25,7 @@ pub mod postgres;
 pub mod server;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod workload;
 
 pub use layercache_core::ManualClock;
 pub use server::{RedisCluster, RedisServer};
