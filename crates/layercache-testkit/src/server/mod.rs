@@ -4,7 +4,9 @@
 //! own temporary directory and log file, and gives tests control over it: crash it
 //! ([`RedisServer::stop`]), shut it down gracefully ([`RedisServer::shutdown`]), bring it back on
 //! the same port ([`RedisServer::restart`]) and freeze it ([`RedisServer::pause`] /
-//! [`RedisServer::resume`]). [`RedisCluster`] starts a small Redis Cluster out of such servers.
+//! [`RedisServer::resume`]). [`RedisCluster`] starts a small Redis Cluster out of such servers,
+//! optionally with replicas, and fails primaries over ([`RedisCluster::crash_primary`],
+//! [`RedisCluster::fail_over_to`]).
 //!
 //! The API is synchronous and uses only `std`, so it works the same from `#[test]`,
 //! `#[tokio::test]` and criterion benches. Every method that needs the process waits until the
@@ -53,6 +55,7 @@
 mod binary;
 mod builder;
 mod cluster;
+mod failover;
 mod files;
 mod launch;
 mod ports;
@@ -64,7 +67,8 @@ mod watchdog;
 
 pub use binary::{REDIS_CLI_ENV, REDIS_SERVER_ENV, redis_server_binary};
 pub use builder::RedisServerBuilder;
-pub use cluster::RedisCluster;
+pub use cluster::{DEFAULT_NODE_TIMEOUT, RedisCluster, RedisClusterBuilder};
+pub use failover::{Failover, NodeRole};
 pub use process::RedisServer;
 pub use tls::{IssuedCert, TestCa};
 

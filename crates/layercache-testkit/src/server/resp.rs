@@ -9,9 +9,9 @@ use std::time::Duration;
 pub(crate) enum Reply {
     Simple(String),
     Error(String),
-    Integer(#[allow(dead_code)] i64),
+    Integer(i64),
     Bulk(Option<Vec<u8>>),
-    Array(#[allow(dead_code)] Option<Vec<Reply>>),
+    Array(Option<Vec<Reply>>),
 }
 
 /// Upper bound for bulk strings and arrays, so a foreign service on the port cannot make the
