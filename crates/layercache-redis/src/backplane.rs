@@ -6,6 +6,11 @@
 //! [`DEFAULT_PING_INTERVAL`](crate::DEFAULT_PING_INTERVAL)), tells the cache when it is lost (the cache then flushes and caps
 //! its L1) and when it is back (the cache flushes L1 again: messages sent meanwhile are lost, as
 //! pub/sub keeps nothing), and resubscribes with a capped backoff.
+//!
+//! On a Redis Cluster ([`RedisPubSub::cluster_builder`]) a `PUBLISH` on any node reaches the
+//! subscribers of every node (the cluster bus carries it), so the subscriber keeps one connection
+//! to one node and, when that node is lost, subscribes again on the next node of the list; batches
+//! are published over a cluster connection (made on first publish), which follows failovers.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +59,8 @@ struct Counters {
 /// Builds a [`RedisPubSub`]; see [`RedisPubSub::builder`]. `Debug` redacts the password.
 pub struct RedisPubSubBuilder {
     url: String,
+    /// The nodes of a Redis Cluster, instead of `url`.
+    cluster: Option<Vec<String>>,
     channel: String,
     settings: LinkSettings,
     root_ca: RootCa,
@@ -63,6 +70,10 @@ impl fmt::Debug for RedisPubSubBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisPubSubBuilder")
             .field("url", &redact(&self.url))
+            .field(
+                "cluster",
+                &self.cluster.as_deref().map(crate::cluster::shown),
+            )
             .field("channel", &self.channel)
             .field("settings", &self.settings)
             .field("tls_root_ca", &self.root_ca)
@@ -92,19 +103,41 @@ impl RedisPubSubBuilder {
                 "the redis backplane must be built within a tokio runtime",
             ));
         }
-        self.root_ca.check(std::iter::once(self.url.as_str()))?;
-        let client = self.root_ca.client(&self.url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.settings.connect_timeout))
-            .set_response_timeout(None)
-            .set_max_delay(self.settings.max_reconnect_delay);
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| redis_error(e).context("creating the backplane's connection"))?;
+        let urls: Vec<String> = self
+            .cluster
+            .clone()
+            .unwrap_or_else(|| vec![self.url.clone()]);
+        if urls.is_empty() {
+            return Err(Error::config("a Redis Cluster needs at least one node URL"));
+        }
+        self.root_ca.check(urls.iter().map(String::as_str))?;
+        let clients = urls
+            .iter()
+            .map(|url| self.root_ca.client(url))
+            .collect::<Result<Vec<_>>>()?;
+        let publisher = match &self.cluster {
+            Some(nodes) => Publisher::Cluster {
+                nodes: nodes.clone(),
+                root_ca: self.root_ca.clone(),
+                conn: tokio::sync::OnceCell::new(),
+            },
+            None => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.settings.connect_timeout))
+                    .set_response_timeout(None)
+                    .set_max_delay(self.settings.max_reconnect_delay);
+                let manager = ConnectionManager::new_lazy_with_config(clients[0].clone(), config)
+                    .map_err(|e| {
+                    redis_error(e).context("creating the backplane's connection")
+                })?;
+                Publisher::Ready(Connection::manager(manager, self.settings.command_timeout))
+            }
+        };
         Ok(RedisPubSub {
             inner: Arc::new(Inner {
-                client,
-                publisher: Connection::manager(manager, self.settings.command_timeout),
-                redacted_url: redact(&self.url),
+                clients,
+                publisher,
+                redacted_url: crate::cluster::shown(&urls),
                 channel: self.channel,
                 counters: Arc::default(),
                 link: LinkHandle::new(self.settings),
@@ -113,9 +146,22 @@ impl RedisPubSubBuilder {
     }
 }
 
+/// Where batches are published.
+enum Publisher {
+    /// A connection manager to the one server.
+    Ready(Connection),
+    /// A cluster connection, made on the first publish (building the transport does not wait).
+    Cluster {
+        nodes: Vec<String>,
+        root_ca: RootCa,
+        conn: tokio::sync::OnceCell<Connection>,
+    },
+}
+
 struct Inner {
-    client: redis::Client,
-    publisher: Connection,
+    /// The subscriber's candidates: the one server, or every cluster node given.
+    clients: Vec<redis::Client>,
+    publisher: Publisher,
     redacted_url: String,
     channel: String,
     counters: Arc<Counters>,
@@ -150,11 +196,25 @@ impl RedisPubSub {
     /// A builder for the backplane on the Redis at `url`, with the defaults above.
     pub fn builder(url: impl Into<String>) -> RedisPubSubBuilder {
         RedisPubSubBuilder {
+            cluster: None,
             url: url.into(),
             channel: DEFAULT_CHANNEL.to_owned(),
             settings: LinkSettings::default(),
             root_ca: RootCa::default(),
         }
+    }
+
+    /// A builder for the backplane on the Redis Cluster reachable through `nodes` (give several:
+    /// the subscriber moves to the next when its node is lost). Each batch is published once and
+    /// the cluster bus carries it to every node, so each message costs every node of the cluster
+    /// (see `docs/scaling.md`).
+    pub fn cluster_builder<S: Into<String>>(
+        nodes: impl IntoIterator<Item = S>,
+    ) -> RedisPubSubBuilder {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut builder = Self::builder(nodes.first().cloned().unwrap_or_default());
+        builder.cluster = Some(nodes);
+        builder
     }
 
     /// Whether the subscription is up now.
@@ -184,7 +244,8 @@ impl RedisPubSub {
 impl InvalidationTransport for RedisPubSub {
     fn attach(&self, origin: u64, sink: Weak<dyn InvalidationSink>) -> Result<()> {
         let subscriber = Subscriber {
-            client: self.inner.client.clone(),
+            clients: self.inner.clients.clone(),
+            next: 0,
             channel: self.inner.channel.clone(),
             settings: self.inner.link.settings,
             counters: Arc::clone(&self.inner.counters),
@@ -196,11 +257,28 @@ impl InvalidationTransport for RedisPubSub {
     async fn publish(&self, batch: &InvalidationBatch) -> Result<()> {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(&self.inner.channel).arg(batch.encode());
-        let _: u64 = self
-            .inner
-            .publisher
-            .query(Request::Cmd(&cmd), Idempotent::No)
-            .await?;
+        let publisher = match &self.inner.publisher {
+            Publisher::Ready(conn) => conn,
+            Publisher::Cluster {
+                nodes,
+                root_ca,
+                conn,
+            } => {
+                let settings = self.inner.link.settings;
+                conn.get_or_try_init(|| async {
+                    let cluster = crate::cluster::connect(crate::cluster::ClusterSettings {
+                        nodes,
+                        root_ca,
+                        connect_timeout: settings.connect_timeout,
+                        response_timeout: settings.command_timeout,
+                    })
+                    .await?;
+                    Ok::<_, Error>(Connection::cluster(cluster, settings.command_timeout))
+                })
+                .await?
+            }
+        };
+        let _: u64 = publisher.query(Request::Cmd(&cmd), Idempotent::No).await?;
         self.inner
             .counters
             .published
@@ -215,7 +293,9 @@ impl InvalidationTransport for RedisPubSub {
 
 /// The backplane's side of its link: subscribe, then deliver what arrives and ping.
 struct Subscriber {
-    client: redis::Client,
+    clients: Vec<redis::Client>,
+    /// The candidate to try next: after a lost or failed connection, the next one.
+    next: usize,
     channel: String,
     settings: LinkSettings,
     counters: Arc<Counters>,
@@ -226,8 +306,14 @@ impl Session for Subscriber {
     type Conn = redis::aio::PubSub;
 
     async fn connect(&mut self) -> Result<redis::aio::PubSub> {
+        let index = self.next % self.clients.len().max(1);
+        let Some(client) = self.clients.get(index) else {
+            return Err(Error::config("the backplane has no node to subscribe on"));
+        };
+        // Whatever ends this session, the next one starts on the next node.
+        self.next = index + 1;
         let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&self.channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use layercache_core::{Error, Result};
+
+use crate::cluster::Renewable;
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, ScriptInvocation};
 
@@ -36,7 +37,7 @@ pub(crate) enum Idempotent {
 enum Inner {
     Manager(ConnectionManager),
     Pool(deadpool_redis::Pool),
-    Cluster(ClusterConnection),
+    Cluster(Arc<Renewable>),
 }
 
 /// Counters kept by the connection layer.
@@ -147,7 +148,7 @@ impl Connection {
         Self::new(Inner::Pool(pool), timeout)
     }
 
-    pub(crate) fn cluster(cluster: ClusterConnection, timeout: Duration) -> Self {
+    pub(crate) fn cluster(cluster: Arc<Renewable>, timeout: Duration) -> Self {
         Self::new(Inner::Cluster(cluster), timeout)
     }
 
@@ -185,29 +186,15 @@ impl Connection {
         matches!(self.inner, Inner::Cluster(_))
     }
 
-    /// The addresses of the cluster's primaries, from `CLUSTER NODES`; empty when not a cluster.
+    /// The addresses of the cluster's primaries, from `CLUSTER NODES`; a temporary
+    /// `Unavailable` error while one of them is failing (before its replica took over).
     pub(crate) async fn primaries(&self) -> Result<Vec<(String, u16)>> {
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("NODES");
         let nodes: String = self.query(Request::Cmd(&cmd), Idempotent::Yes).await?;
-        Ok(nodes
-            .lines()
-            .filter(|line| {
-                line.split(' ')
-                    .nth(2)
-                    .is_some_and(|flags| flags.split(',').any(|f| f == "master"))
-            })
-            .filter_map(|line| {
-                let address = line.split(' ').nth(1)?.split('@').next()?;
-                let (host, port) = address.rsplit_once(':')?;
-                Some((
-                    host.trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_owned(),
-                    port.parse().ok()?,
-                ))
-            })
-            .collect())
+        crate::cluster::primaries_in(&nodes).ok_or_else(|| {
+            Error::unavailable("a primary of the cluster is failing; its slots are not served")
+        })
     }
 
     /// Sends `cmd` to the cluster node at `host:port`, bounded by the command timeout.
@@ -220,7 +207,7 @@ impl Connection {
         let Inner::Cluster(cluster) = &self.inner else {
             return self.query(Request::Cmd(cmd), Idempotent::Yes).await;
         };
-        let mut conn = cluster.clone();
+        let mut conn = cluster.current();
         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
             host: host.to_owned(),
             port,
@@ -236,13 +223,22 @@ impl Connection {
                 Err(redis_error(e))
             }
             Err(_) => {
-                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.timed_out();
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 Err(Error::timeout(format!(
                     "redis command exceeded its {:?} timeout",
                     self.timeout
                 )))
             }
+        }
+    }
+
+    /// Counts a request that overran its bound; on a cluster, the slot map may be stale (a dead
+    /// primary's replica took over): the connection is renewed.
+    fn timed_out(&self) {
+        self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+        if let Inner::Cluster(cluster) = &self.inner {
+            cluster.renew();
         }
     }
 
@@ -264,8 +260,13 @@ impl Connection {
                 exec(&mut conn, req).await.map_err(Attempt::Redis)
             }
             Inner::Cluster(cluster) => {
-                let mut conn = cluster.clone();
-                exec(&mut conn, req).await.map_err(Attempt::Redis)
+                let mut conn = cluster.current();
+                exec(&mut conn, req).await.map_err(|e| {
+                    if is_dropped(&e) || e.is_timeout() || e.is_cluster_error() {
+                        cluster.renew();
+                    }
+                    Attempt::Redis(e)
+                })
             }
             Inner::Pool(pool) => {
                 let mut conn = pool.get().await.map_err(|e| {
@@ -333,7 +334,7 @@ impl Connection {
             Ok(Err(Attempt::Redis(e))) => redis_error(e),
             Ok(Err(Attempt::Other(e))) => e,
             Err(_) => {
-                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.timed_out();
                 if write && bytes > 0 {
                     Error::timeout(format!(
                         "a redis write of {bytes} bytes exceeded its {bound:?} bound: its outcome \

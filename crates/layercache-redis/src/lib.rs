@@ -27,6 +27,7 @@
 mod access;
 mod backend;
 mod backplane;
+mod cluster;
 mod connection;
 mod keyspace;
 mod link;

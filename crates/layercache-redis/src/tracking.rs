@@ -8,6 +8,13 @@
 //! watched with a `PING` every [`DEFAULT_PING_INTERVAL`](crate::DEFAULT_PING_INTERVAL); when it
 //! drops the cache flushes and caps L1 until it is back.
 //!
+//! **On a Redis Cluster** ([`RedisTracking::cluster_builder`]) a server reports only the keys of
+//! its own slots, so tracking keeps one such connection per primary (ADR 0015): it asks a node
+//! for the primaries (`CLUSTER NODES`), turns tracking on at each, and every `PING` round also
+//! checks that the primaries are still the same. A lost primary, or a set that changed (a
+//! failover, a resharding), ends the session like a lost connection: the cache flushes and caps
+//! L1, and tracking starts again on the new primaries, once none of them is failing.
+//!
 //! **The race between an invalidation and the reply it invalidates.** The invalidation travels on
 //! the tracking connection, the value on the data connection: an instance may read a key, the key
 //! may change, and the invalidation may arrive *before* the read's reply. Nothing is lost: the
@@ -24,7 +31,7 @@ use layercache_core::{
     Result, SystemClock, async_trait,
 };
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use redis::{AsyncConnectionConfig, ConnectionAddr, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::connection::redis_error;
@@ -60,6 +67,8 @@ struct Counters {
 /// Builds a [`RedisTracking`]; see [`RedisTracking::builder`]. `Debug` redacts the password.
 pub struct RedisTrackingBuilder {
     url: String,
+    /// The nodes of a Redis Cluster, instead of `url`.
+    cluster: Option<Vec<String>>,
     prefixes: Vec<String>,
     key_prefix: String,
     settings: LinkSettings,
@@ -70,6 +79,10 @@ impl fmt::Debug for RedisTrackingBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisTrackingBuilder")
             .field("url", &redact(&self.url))
+            .field(
+                "cluster",
+                &self.cluster.as_deref().map(crate::cluster::shown),
+            )
             .field("prefixes", &self.prefixes)
             .field("key_prefix", &self.key_prefix)
             .field("settings", &self.settings)
@@ -105,11 +118,23 @@ impl RedisTrackingBuilder {
         if self.prefixes.iter().any(String::is_empty) {
             return Err(Error::config("a tracking prefix must not be empty"));
         }
+        let urls: Vec<String> = self
+            .cluster
+            .clone()
+            .unwrap_or_else(|| vec![self.url.clone()]);
+        if urls.is_empty() {
+            return Err(Error::config("a Redis Cluster needs at least one node URL"));
+        }
+        self.root_ca.check(urls.iter().map(String::as_str))?;
         // RESP3 is what carries push messages.
-        let separator = if self.url.contains('?') { '&' } else { '?' };
-        let resp3 = format!("{}{separator}protocol=resp3", self.url);
-        self.root_ca.check(std::iter::once(self.url.as_str()))?;
-        let client = self.root_ca.client(&resp3)?;
+        let clients = urls
+            .iter()
+            .map(|url| {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                self.root_ca
+                    .client(&format!("{url}{separator}protocol=resp3"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let keys = Keyspace::new(self.key_prefix);
         let mut prefixes: Vec<String> = self.prefixes.iter().map(|p| keys.join(p)).collect();
         if prefixes.is_empty() && !keys.prefix().is_empty() {
@@ -117,8 +142,9 @@ impl RedisTrackingBuilder {
         }
         Ok(RedisTracking {
             inner: Arc::new(Inner {
-                client,
-                redacted_url: redact(&self.url),
+                clients,
+                cluster: self.cluster.is_some(),
+                redacted_url: crate::cluster::shown(&urls),
                 prefixes,
                 keys,
                 counters: Arc::default(),
@@ -129,7 +155,9 @@ impl RedisTrackingBuilder {
 }
 
 struct Inner {
-    client: redis::Client,
+    /// The one server, or the cluster's seed nodes.
+    clients: Vec<redis::Client>,
+    cluster: bool,
     redacted_url: String,
     prefixes: Vec<String>,
     keys: Keyspace,
@@ -168,11 +196,25 @@ impl RedisTracking {
     pub fn builder(url: impl Into<String>) -> RedisTrackingBuilder {
         RedisTrackingBuilder {
             url: url.into(),
+            cluster: None,
             prefixes: Vec::new(),
             key_prefix: String::new(),
             root_ca: RootCa::default(),
             settings: LinkSettings::default(),
         }
+    }
+
+    /// A builder for client tracking on the Redis Cluster reachable through `nodes` (any of its
+    /// nodes; give several, so that one lost node does not keep tracking from starting again).
+    /// Tracking runs on every primary, one connection each, and starts again on the new ones
+    /// after a failover (ADR 0015).
+    pub fn cluster_builder<S: Into<String>>(
+        nodes: impl IntoIterator<Item = S>,
+    ) -> RedisTrackingBuilder {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut builder = Self::builder(nodes.first().cloned().unwrap_or_default());
+        builder.cluster = Some(nodes);
+        builder
     }
 
     /// Whether tracking is on now.
@@ -201,7 +243,9 @@ impl RedisTracking {
 impl InvalidationTransport for RedisTracking {
     fn attach(&self, _origin: u64, sink: Weak<dyn InvalidationSink>) -> Result<()> {
         let tracker = Tracker {
-            client: self.inner.client.clone(),
+            clients: self.inner.clients.clone(),
+            cluster: self.inner.cluster,
+            next: 0,
             prefixes: self.inner.prefixes.clone(),
             keys: self.inner.keys.clone(),
             settings: self.inner.link.settings,
@@ -225,53 +269,59 @@ impl InvalidationTransport for RedisTracking {
 
 /// Tracking's side of its link.
 struct Tracker {
-    client: redis::Client,
+    clients: Vec<redis::Client>,
+    cluster: bool,
+    /// The seed node asked first for the cluster's primaries; it moves on after a failure.
+    next: usize,
     prefixes: Vec<String>,
     keys: Keyspace,
     settings: LinkSettings,
     counters: Arc<Counters>,
 }
 
-type Tracked = (MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>);
+/// A live tracking session: a connection per server tracked (one, or one per primary), the
+/// push messages of all of them, and the primaries it was started on (on a cluster).
+struct Tracked {
+    conns: Vec<MultiplexedConnection>,
+    pushes: mpsc::UnboundedReceiver<PushInfo>,
+    primaries: Option<Vec<(String, u16)>>,
+}
 
 impl Session for Tracker {
     type Conn = Tracked;
 
     async fn connect(&mut self) -> Result<Tracked> {
         let (pushes, received) = mpsc::unbounded_channel();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.settings.connect_timeout))
-            .set_response_timeout(None)
-            .set_push_sender(pushes);
+        let connect_timeout = self.settings.connect_timeout;
         let connect = async {
-            let mut conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            redis::cmd("CLIENT")
-                .arg("SETNAME")
-                .arg(TRACKING_CLIENT_NAME)
-                .query_async::<()>(&mut conn)
-                .await?;
-            let mut tracking = redis::cmd("CLIENT");
-            tracking.arg("TRACKING").arg("ON").arg("BCAST");
-            for prefix in &self.prefixes {
-                tracking.arg("PREFIX").arg(prefix);
+            if !self.cluster {
+                let Some(client) = self.clients.first() else {
+                    return Err(Error::config("client tracking has no server"));
+                };
+                let conn = self.track(client, &pushes).await?;
+                return Ok((vec![conn], None));
             }
-            tracking.arg("NOLOOP");
-            tracking.query_async::<()>(&mut conn).await?;
-            Ok::<_, redis::RedisError>(conn)
+            let primaries = self.discover().await?;
+            let mut conns = Vec::with_capacity(primaries.len());
+            for (host, port) in &primaries {
+                let client = self.client_for(host, *port)?;
+                conns.push(self.track(&client, &pushes).await?);
+            }
+            Ok((conns, Some(primaries)))
         };
-        let conn = tokio::time::timeout(self.settings.connect_timeout, connect)
+        let (conns, primaries) = tokio::time::timeout(connect_timeout, connect)
             .await
-            .map_err(|_| Error::timeout("turning client tracking on timed out"))?
-            .map_err(|e| redis_error(e).context("turning client tracking on"))?;
-        Ok((conn, received))
+            .map_err(|_| Error::timeout("turning client tracking on timed out"))??;
+        Ok(Tracked {
+            conns,
+            pushes: received,
+            primaries,
+        })
     }
 
     async fn listen(
         &mut self,
-        (mut conn, mut pushes): Tracked,
+        mut tracked: Tracked,
         sink: &Weak<dyn InvalidationSink>,
         stop: &mut watch::Receiver<()>,
     ) -> Ended {
@@ -280,7 +330,7 @@ impl Session for Tracker {
         ping.tick().await;
         loop {
             tokio::select! {
-                push = pushes.recv() => {
+                push = tracked.pushes.recv() => {
                     let Some(push) = push else { return Ended::Lost };
                     let Some(sink) = sink.upgrade() else { return Ended::Stopped };
                     match push.kind {
@@ -299,12 +349,7 @@ impl Session for Tracker {
                     }
                 }
                 _ = ping.tick() => {
-                    let answered = tokio::time::timeout(
-                        self.settings.command_timeout,
-                        redis::cmd("PING").query_async::<Value>(&mut conn),
-                    )
-                    .await;
-                    if !matches!(answered, Ok(Ok(_))) {
+                    if !self.still_tracking(&mut tracked).await {
                         return Ended::Lost;
                     }
                     if sink.strong_count() == 0 {
@@ -318,6 +363,127 @@ impl Session for Tracker {
 }
 
 impl Tracker {
+    /// A RESP3 connection to `client` with tracking on, its pushes sent to `pushes`.
+    async fn track(
+        &self,
+        client: &redis::Client,
+        pushes: &mpsc::UnboundedSender<PushInfo>,
+    ) -> Result<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.settings.connect_timeout))
+            .set_response_timeout(None)
+            .set_push_sender(pushes.clone());
+        let setup = async {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(TRACKING_CLIENT_NAME)
+                .query_async::<()>(&mut conn)
+                .await?;
+            let mut tracking = redis::cmd("CLIENT");
+            tracking.arg("TRACKING").arg("ON").arg("BCAST");
+            for prefix in &self.prefixes {
+                tracking.arg("PREFIX").arg(prefix);
+            }
+            tracking.arg("NOLOOP");
+            tracking.query_async::<()>(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        setup
+            .await
+            .map_err(|e| redis_error(e).context("turning client tracking on"))
+    }
+
+    /// The cluster's primaries, asked of the seed nodes in turn (starting after the last one
+    /// that failed); an error while a primary is failing, so that tracking starts only once every
+    /// slot is served.
+    async fn discover(&mut self) -> Result<Vec<(String, u16)>> {
+        let mut last = Error::config("client tracking has no cluster node");
+        for _ in 0..self.clients.len() {
+            let index = self.next % self.clients.len();
+            let asked = async {
+                let mut conn = self.clients[index]
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(redis_error)?;
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                crate::cluster::primaries_in(&nodes).ok_or_else(|| {
+                    Error::unavailable("a primary of the cluster is failing; tracking waits")
+                })
+            };
+            match asked.await {
+                Ok(primaries) if !primaries.is_empty() => return Ok(primaries),
+                Ok(_) => last = Error::unavailable("the cluster reports no primary"),
+                Err(error) => last = error,
+            }
+            self.next = index + 1;
+        }
+        Err(last.context("finding the cluster's primaries for client tracking"))
+    }
+
+    /// A client for the primary at `host:port`, with the seed's settings (credentials, TLS).
+    fn client_for(&self, host: &str, port: u16) -> Result<redis::Client> {
+        let Some(seed) = self.clients.first() else {
+            return Err(Error::config("client tracking has no cluster node"));
+        };
+        let info = seed.get_connection_info().clone();
+        let addr = match info.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        redis::Client::open(info.set_addr(addr)).map_err(|e| {
+            Error::config(format!("no client for the primary {host}:{port}")).with_source(e)
+        })
+    }
+
+    /// One `PING` round: every connection answers within the command timeout and, on a
+    /// cluster, the primaries are still those tracking started on.
+    async fn still_tracking(&self, tracked: &mut Tracked) -> bool {
+        let timeout = self.settings.command_timeout;
+        for conn in &mut tracked.conns {
+            let answered =
+                tokio::time::timeout(timeout, redis::cmd("PING").query_async::<Value>(conn)).await;
+            if !matches!(answered, Ok(Ok(_))) {
+                return false;
+            }
+        }
+        let (Some(started_on), Some(conn)) = (&tracked.primaries, tracked.conns.first_mut()) else {
+            return true;
+        };
+        let nodes = tokio::time::timeout(
+            timeout,
+            redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(conn),
+        )
+        .await;
+        let Ok(Ok(nodes)) = nodes else { return false };
+        let same = crate::cluster::primaries_in(&nodes).is_some_and(|mut now| {
+            let mut before = started_on.clone();
+            now.sort();
+            before.sort();
+            now == before
+        });
+        if !same {
+            tracing::info!("the cluster's primaries changed; client tracking starts again on them");
+        }
+        same
+    }
     /// The invalidations in an `invalidate` push: its keys, or everything for a null one.
     fn invalidations(&self, data: &[Value]) -> Vec<Invalidation> {
         match data.first() {

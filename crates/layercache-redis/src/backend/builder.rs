@@ -298,32 +298,13 @@ impl<C: Codec> RedisBackendBuilder<C> {
     }
 
     async fn cluster_connection(&self, nodes: &[String]) -> Result<Connection> {
-        let shown = || {
-            nodes
-                .iter()
-                .map(|n| redact(n))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
-            .connection_timeout(self.connect_timeout)
-            .response_timeout(self.command_timeout);
-        #[cfg(feature = "tls")]
-        let client = match self.root_ca.certificates() {
-            Some(certificates) => client.certs(certificates),
-            None => client,
-        };
-        let client = client.build().map_err(|e| {
-            Error::config(format!("invalid cluster nodes {}", shown())).with_source(e)
-        })?;
-        let cluster = tokio::time::timeout(self.connect_timeout, client.get_async_connection())
-            .await
-            .map_err(|_| {
-                Error::timeout(format!("connecting to the cluster {} timed out", shown()))
-            })?
-            .map_err(|e| {
-                redis_error(e).context(format!("connecting to the cluster {}", shown()))
-            })?;
+        let cluster = crate::cluster::connect(crate::cluster::ClusterSettings {
+            nodes,
+            root_ca: &self.root_ca,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.command_timeout,
+        })
+        .await?;
         Ok(Connection::cluster(cluster, self.command_timeout))
     }
 

@@ -5,6 +5,11 @@
 //!   a small deadpool pool of its own: a blocking read would stall every other command sent on a
 //!   shared multiplexed connection. A read that overruns its bound takes its connection out of the
 //!   pool, so a late reply never reaches the next user.
+//! - On a Redis Cluster ([`RedisWriteJournal::cluster_builder`]) the stream is one key, so every
+//!   command goes to its slot's primary: the non-blocking ones over one cluster connection, the
+//!   blocking reads over a second one whose reply bound allows the `BLOCK` (reads wait for each
+//!   other there, which one worker reading at a time never notices). redis-rs follows the slot to
+//!   the new primary after a failover.
 //! - `ack` is `XACK` + `XDEL` in one pipeline (not a `MULTI`, which restricted ACL users often
 //!   lack): the stream holds exactly the writes not yet done, so `XLEN` is the backlog and
 //!   `XRANGE - id` tells whether everything up to `id` is done. Both commands are idempotent; a
@@ -58,6 +63,8 @@ pub struct RedisWriteJournalBuilder {
     connect_timeout: Duration,
     max_block: Duration,
     pool_size: usize,
+    /// The nodes of a Redis Cluster, instead of `url`.
+    cluster: Option<Vec<String>>,
     root_ca: RootCa,
 }
 
@@ -65,6 +72,10 @@ impl fmt::Debug for RedisWriteJournalBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisWriteJournalBuilder")
             .field("url", &redact(&self.url))
+            .field(
+                "cluster",
+                &self.cluster.as_deref().map(crate::cluster::shown),
+            )
             .field("stream", &self.stream)
             .field("group", &self.group)
             .field("command_timeout", &self.command_timeout)
@@ -108,7 +119,8 @@ impl RedisWriteJournalBuilder {
         self
     }
 
-    /// Connections in the pool of blocking reads (default [`DEFAULT_JOURNAL_POOL_SIZE`]).
+    /// Connections in the pool of blocking reads (default [`DEFAULT_JOURNAL_POOL_SIZE`]; a
+    /// cluster journal reads over one cluster connection and ignores it).
     #[must_use]
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
@@ -126,7 +138,10 @@ impl RedisWriteJournalBuilder {
     }
 
     fn check(&self) -> Result<()> {
-        self.root_ca.check(std::iter::once(self.url.as_str()))?;
+        match &self.cluster {
+            Some(nodes) => self.root_ca.check(nodes.iter().map(String::as_str))?,
+            None => self.root_ca.check(std::iter::once(self.url.as_str()))?,
+        }
         if self.command_timeout.is_zero()
             || self.connect_timeout.is_zero()
             || self.max_block.is_zero()
@@ -152,6 +167,9 @@ impl RedisWriteJournalBuilder {
     /// or `Timeout` error when Redis cannot be reached.
     pub async fn connect(self) -> Result<RedisWriteJournal> {
         self.check()?;
+        if let Some(nodes) = &self.cluster {
+            return self.connect_cluster(nodes).await;
+        }
         let client = self.root_ca.client(&self.url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -185,7 +203,7 @@ impl RedisWriteJournalBuilder {
 
         let journal = RedisWriteJournal {
             conn: Connection::manager(manager, self.command_timeout),
-            pool,
+            reads: Reads::Pool(pool),
             stream: self.stream.into(),
             group: self.group.into(),
             command_timeout: self.command_timeout,
@@ -196,6 +214,40 @@ impl RedisWriteJournalBuilder {
         journal.create_group().await?;
         Ok(journal)
     }
+
+    async fn connect_cluster(&self, nodes: &[String]) -> Result<RedisWriteJournal> {
+        let settings = |response_timeout| crate::cluster::ClusterSettings {
+            nodes,
+            root_ca: &self.root_ca,
+            connect_timeout: self.connect_timeout,
+            response_timeout,
+        };
+        let conn = crate::cluster::connect(settings(self.command_timeout)).await?;
+        // Blocking reads wait up to max_block on the server.
+        let reads =
+            crate::cluster::connect(settings(self.max_block + self.command_timeout)).await?;
+        let journal = RedisWriteJournal {
+            conn: Connection::cluster(conn, self.command_timeout),
+            reads: Reads::Cluster(reads),
+            stream: self.stream.clone().into(),
+            group: self.group.clone().into(),
+            command_timeout: self.command_timeout,
+            max_block: self.max_block,
+            redacted_url: crate::cluster::shown(nodes),
+            malformed: Arc::default(),
+        };
+        journal.create_group().await?;
+        Ok(journal)
+    }
+}
+
+/// Where blocking reads go.
+#[derive(Clone)]
+enum Reads {
+    /// A pool of plain connections: one per read in flight.
+    Pool(deadpool_redis::Pool),
+    /// A cluster connection of its own (multiplexed: reads in flight queue behind each other).
+    Cluster(Arc<crate::cluster::Renewable>),
 }
 
 /// A [`WriteJournal`] in a Redis Stream, read by one consumer group.
@@ -209,7 +261,7 @@ impl RedisWriteJournalBuilder {
 #[derive(Clone)]
 pub struct RedisWriteJournal {
     conn: Connection,
-    pool: deadpool_redis::Pool,
+    reads: Reads,
     stream: Arc<str>,
     group: Arc<str>,
     command_timeout: Duration,
@@ -261,8 +313,23 @@ impl RedisWriteJournal {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_block: DEFAULT_MAX_BLOCK,
             pool_size: DEFAULT_JOURNAL_POOL_SIZE,
+            cluster: None,
             root_ca: RootCa::default(),
         }
+    }
+
+    /// A builder for a journal in the stream `stream` of the Redis Cluster reachable through
+    /// `nodes` (any of its nodes, as URLs). The stream is one key, in one slot: its primary holds
+    /// the whole journal, and its replicas a copy. Replication is asynchronous: a primary that
+    /// dies may take its last appends with it before its replica takes over.
+    pub fn cluster_builder<S: Into<String>>(
+        nodes: impl IntoIterator<Item = S>,
+        stream: impl Into<String>,
+    ) -> RedisWriteJournalBuilder {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut builder = Self::builder(nodes.first().cloned().unwrap_or_default(), stream);
+        builder.cluster = Some(nodes);
+        builder
     }
 
     /// Connects to the journal in `stream` at `url` with the defaults.
@@ -381,7 +448,32 @@ impl RedisWriteJournal {
             cmd.arg("BLOCK").arg(millis(block).max(1));
         }
         cmd.arg("STREAMS").arg(&*self.stream).arg(">");
-        let mut conn = self.pool.get().await.map_err(|e| {
+        let pool = match &self.reads {
+            Reads::Pool(pool) => pool,
+            Reads::Cluster(cluster) => {
+                let mut conn = cluster.current();
+                let read =
+                    tokio::time::timeout(block + self.command_timeout, cmd.query_async(&mut conn));
+                return match read.await {
+                    Ok(Err(e)) => {
+                        if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
+                            cluster.renew();
+                        }
+                        Err(e)
+                    }
+                    Ok(reply) => reply,
+                    // A late reply is matched to this request and dropped by redis-rs.
+                    Err(_) => {
+                        cluster.renew();
+                        Err(RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "XREADGROUP exceeded its bound",
+                        )))
+                    }
+                };
+            }
+        };
+        let mut conn = pool.get().await.map_err(|e| {
             RedisError::from(std::io::Error::other(format!(
                 "no pooled redis connection: {e}"
             )))

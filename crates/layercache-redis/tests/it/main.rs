@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+mod cluster;
 mod conformance;
 mod faults;
 mod ordering;
@@ -20,8 +21,9 @@ fn shared_server() -> &'static RedisServer {
     SERVER.get_or_init(RedisServer::start)
 }
 
-/// One 3-primary cluster shared by the tests that need one (they use key spaces of their own).
+/// One cluster in production shape (3 primaries, a replica each) shared by the tests that need
+/// one and stop no node (they use key spaces of their own).
 fn shared_cluster() -> &'static RedisCluster {
     static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
-    CLUSTER.get_or_init(RedisCluster::start)
+    CLUSTER.get_or_init(RedisCluster::replicated)
 }
