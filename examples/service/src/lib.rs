@@ -52,6 +52,7 @@ pub use config::{
 };
 pub use db::{DEMO_USER, DbStats, NewProduct, PAGE_SIZE, Product, ProductPage};
 pub use error::Error;
+pub use ops::prometheus_builder;
 pub use service::{RunningService, Service};
 
 /// The rate limiter's settings, re-exported for [`RateLimitConfig`].

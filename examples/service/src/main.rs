@@ -3,8 +3,7 @@
 
 use std::process::ExitCode;
 
-use layercache_example_service::{Config, Service};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use layercache_example_service::{Config, Service, prometheus_builder};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -19,9 +18,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The one global recorder of the process: what the library records anywhere (its latency
-    // histograms, for one) lands here, and `/metrics` renders it.
-    let recorder = PrometheusBuilder::new().build_recorder();
+    // The one global recorder of the process, installed before any cache is built (the caches
+    // register their latency histograms at build): `/metrics` renders it.
+    let recorder = prometheus_builder().build_recorder();
     config.prometheus = Some(recorder.handle());
     if let Err(error) = metrics::set_global_recorder(recorder) {
         tracing::warn!(%error, "a metrics recorder was already installed");

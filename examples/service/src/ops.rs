@@ -9,7 +9,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use layercache::TieredStats;
 use layercache::tiered::CircuitState;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 
@@ -17,6 +19,25 @@ use crate::service::AppState;
 
 /// How long `/health` waits for the database or Redis before calling it down.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The bucket bounds of the library's latency histograms (`layercache_*_seconds`), 1 µs to 10 s:
+/// an L1 hit is well under a microsecond, a load can take seconds.
+const LATENCY_BUCKETS: [f64; 18] = [
+    1e-6, 1e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// A Prometheus builder for the service: the `_seconds` metrics as histograms with buckets from
+/// 1 µs to 10 s (which instances can be aggregated over), not summaries. The
+/// binary builds its global recorder with it; an instance without one builds its own.
+pub fn prometheus_builder() -> PrometheusBuilder {
+    let matcher = Matcher::Suffix("_seconds".to_owned());
+    match PrometheusBuilder::new().set_buckets_for_metric(matcher, &LATENCY_BUCKETS) {
+        Ok(builder) => builder,
+        // Only an empty bucket list is refused; ours is not.
+        Err(_) => PrometheusBuilder::new(),
+    }
+}
 
 /// Where `/metrics` publishes and what it renders.
 #[derive(Clone, Debug)]
@@ -33,7 +54,16 @@ impl Metrics {
     pub(crate) fn new(global: Option<PrometheusHandle>) -> Self {
         match global {
             Some(handle) => Metrics::Global(handle),
-            None => Metrics::Local(Arc::new(PrometheusBuilder::new().build_recorder())),
+            None => Metrics::Local(Arc::new(prometheus_builder().build_recorder())),
+        }
+    }
+
+    /// Runs `build` (a cache's build) so that the metric handles it registers record into this
+    /// instance's recorder: the global one, or its own.
+    pub(crate) fn registering<T>(&self, build: impl FnOnce() -> T) -> T {
+        match self {
+            Metrics::Global(_) => build(),
+            Metrics::Local(recorder) => metrics::with_local_recorder(recorder.as_ref(), build),
         }
     }
 

@@ -101,6 +101,8 @@ impl Service {
         let db = Db::open(&database_url, config.seed_products).await?;
         tracing::info!(database = %redact(&database_url), redis = %redact(&redis_url), mode = %config.cache_mode, "starting");
 
+        // Before the caches: they register their latency histograms with it when built.
+        let metrics = Metrics::new(config.prometheus.clone());
         let mut transports = Vec::new();
         let caches = match config.cache_mode {
             CacheMode::None => None,
@@ -110,6 +112,7 @@ impl Service {
                     &redis_url,
                     &config,
                     config.product_ttl,
+                    &metrics,
                     &mut transports,
                 )?;
                 let lists = cache::<Arc<crate::db::ProductPage>>(
@@ -117,6 +120,7 @@ impl Service {
                     &redis_url,
                     &config,
                     config.list_ttl,
+                    &metrics,
                     &mut transports,
                 )?;
                 Some(ProductCaches {
@@ -137,6 +141,7 @@ impl Service {
             &redis_url,
             &session_config,
             config.session_ttl,
+            &metrics,
             &mut transports,
         )?;
         let sessions = TieredSessionStore::new(session_cache, namespace(&keys, "session")?);
@@ -169,7 +174,7 @@ impl Service {
             catalog,
             sessions,
             limiter,
-            metrics: Metrics::new(config.prometheus.clone()),
+            metrics,
             redis_pinger: redis_pinger(&redis_url).map_err(|error| {
                 Error::Config(format!("REDIS_URL {}: {error}", redact(&redis_url)))
             })?,
@@ -213,6 +218,7 @@ fn cache<V>(
     redis_url: &str,
     config: &Config,
     ttl: Duration,
+    metrics: &Metrics,
     transports: &mut Vec<RedisPubSub>,
 ) -> Result<TieredCache<V>, Error>
 where
@@ -233,7 +239,7 @@ where
         }
         _ => builder.without_l1(),
     };
-    Ok(builder.build()?)
+    Ok(metrics.registering(|| builder.build())?)
 }
 
 async fn start_private_redis() -> Result<RedisServer, Error> {

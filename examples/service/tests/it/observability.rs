@@ -160,3 +160,58 @@ async fn health_is_degraded_without_redis_and_writes_still_succeed_and_are_serve
     .unwrap();
     service.shutdown().await.unwrap();
 }
+
+/// The global recorder of this test process, installed once (as the binary does).
+fn global_prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).expect("the only global recorder");
+            handle
+        })
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_through_the_global_recorder_as_the_binary_installs_it() {
+    let redis = RedisServer::start();
+    let mut cfg = config(&redis, None);
+    cfg.warm_up = 0;
+    cfg.prometheus = Some(global_prometheus());
+    let service = start(cfg).await;
+    let client = Client::new(&service);
+    for _ in 0..3 {
+        assert_eq!(client.get("/products/9").await.status, StatusCode::OK);
+    }
+    let metrics = client
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The only instance publishing into the global recorder: its figures, exactly. (What the
+    // library records on its own, latency histograms, lands here too, from every instance of
+    // this process.)
+    assert_eq!(
+        sample(&metrics, "layercache_loads_total{cache=\"products\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "layercache_l1_hits_total{cache=\"products\"}"),
+        Some(2.0)
+    );
+    assert!(
+        sample(
+            &metrics,
+            "layercache_example_db_queries_total{kind=\"read\"}"
+        )
+        .is_some()
+    );
+    service.shutdown().await.unwrap();
+}
