@@ -4,6 +4,7 @@
 
 mod api;
 mod bulk;
+mod cluster;
 mod coherence;
 mod configurations;
 mod faults;
