@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod cluster;
+mod costs;
 mod conformance;
 mod faults;
 mod ordering;
