@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod cluster;
-mod costs;
 mod conformance;
+mod costs;
 mod faults;
 mod ordering;
 mod plain;
