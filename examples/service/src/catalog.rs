@@ -11,6 +11,7 @@
 //!   of this instance serves a list made before, and no load that began before stores one; other
 //!   instances drop theirs when the invalidation reaches them over pub/sub.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -85,11 +86,11 @@ impl Catalog {
         };
         let key = caches.list_keys.key(id).map_err(layercache::Error::from)?;
         let options = caches.lists.options().clone().with_tags([tag]);
-        let db = self.db.clone();
+        let (db, filter) = (self.db.clone(), category.clone());
         let loaded = caches
             .lists
             .get_or_load_with(&key, &options, move |_| async move {
-                db.page(category.as_deref(), page)
+                db.page(filter.as_deref(), page)
                     .await
                     .map(|page| Some(Arc::new(page)))
             })
@@ -97,7 +98,7 @@ impl Catalog {
         // The loader never returns `None`, so neither does the cache; an empty page if it did.
         Ok(loaded.unwrap_or_else(|| {
             Arc::new(ProductPage {
-                category: None,
+                category,
                 page,
                 page_size: crate::db::PAGE_SIZE,
                 items: Vec::new(),
@@ -291,9 +292,10 @@ impl Loader<Arc<Product>> for ProductLoader {
             .products(&ids)
             .await
             .map_err(layercache::Error::from_loader)?;
+        let mut by_id: HashMap<i64, Product> = found.into_iter().map(|p| (p.id, p)).collect();
         Ok(ids
             .iter()
-            .map(|id| found.iter().find(|p| p.id == *id).cloned().map(Arc::new))
+            .map(|id| by_id.remove(id).map(Arc::new))
             .collect())
     }
 }

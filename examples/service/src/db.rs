@@ -103,8 +103,7 @@ impl Db {
             kind,
             counters: Arc::default(),
         };
-        db.create_schema().await?;
-        db.seed(seed_products).await?;
+        db.prepare(seed_products).await?;
         Ok(db)
     }
 
@@ -139,11 +138,16 @@ impl Db {
             .map(|_| ())
     }
 
-    async fn create_schema(&self) -> Result<(), sqlx::Error> {
+    /// Creates the schema and seeds `count` products into an empty table, and the demo user.
+    /// Instances starting at once on one database do this one at a time: it is one transaction
+    /// that first takes SQLite's write lock (`BEGIN IMMEDIATE`) or a PostgreSQL advisory lock
+    /// (two concurrent `CREATE TABLE IF NOT EXISTS` can fail there), so they seed once.
+    async fn prepare(&self, count: usize) -> Result<(), sqlx::Error> {
         let products = match self.kind {
             DatabaseKind::Sqlite => {
-                // WAL lets readers go on while one instance writes; AUTOINCREMENT never reuses
-                // the id of a deleted product (whose absence may still be cached).
+                // WAL lets readers go on while one instance writes (outside any transaction:
+                // SQLite refuses to change the journal mode inside one). AUTOINCREMENT below
+                // never reuses the id of a deleted product, whose absence may still be cached.
                 sqlx::query("PRAGMA journal_mode = WAL")
                     .execute(&self.pool)
                     .await?;
@@ -163,30 +167,24 @@ impl Db {
                     updated_ms BIGINT NOT NULL)"
             }
         };
-        for statement in [
-            products,
-            "CREATE INDEX IF NOT EXISTS products_by_category ON products (category, id)",
-            "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, password TEXT NOT NULL)",
-        ] {
-            sqlx::query(statement).execute(&self.pool).await?;
-        }
-        Ok(())
-    }
-
-    /// Seeds `count` products into an empty table, and the demo user. Two instances starting on
-    /// one database seed once: the check and the inserts are one transaction that holds the
-    /// table (SQLite's write lock, PostgreSQL's table lock).
-    async fn seed(&self, count: usize) -> Result<(), sqlx::Error> {
         let mut tx = match self.kind {
             DatabaseKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             DatabaseKind::Postgres => {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query("LOCK TABLE products IN EXCLUSIVE MODE")
+                // Any fixed number: the lock of this service's schema, released at commit.
+                sqlx::query("SELECT pg_advisory_xact_lock(1201)")
                     .execute(&mut *tx)
                     .await?;
                 tx
             }
         };
+        for statement in [
+            products,
+            "CREATE INDEX IF NOT EXISTS products_by_category ON products (category, id)",
+            "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, password TEXT NOT NULL)",
+        ] {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
         let existing: i64 = sqlx::query("SELECT COUNT(*) AS n FROM products")
             .fetch_one(&mut *tx)
             .await?

@@ -80,21 +80,19 @@ impl Service {
         let keys = KeySpace::new(&config.key_prefix)
             .map_err(|error| Error::Config(format!("key_prefix: {error}")))?;
 
-        let private_redis = match &config.redis_url {
-            Some(_) => None,
-            None => Some(start_private_redis().await?),
-        };
-        let redis_url = match (&config.redis_url, &private_redis) {
-            (Some(url), _) => url.clone(),
-            (None, Some(server)) => server.url(),
-            (None, None) => return Err(Error::RedisServer("no server".to_owned())),
+        let (redis_url, private_redis) = match &config.redis_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let server = start_private_redis().await?;
+                (server.url(), Some(server))
+            }
         };
 
         let (database_url, temp_dir) = match &config.database_url {
             Some(url) => (url.clone(), None),
             None => {
-                let dir = temp_dir()?;
-                let url = format!("sqlite://{}?mode=rwc", dir.join("shop.db").display());
+                let dir = OwnedDir::create()?;
+                let url = format!("sqlite://{}?mode=rwc", dir.0.join("shop.db").display());
                 (url, Some(dir))
             }
         };
@@ -259,19 +257,33 @@ async fn start_private_redis() -> Result<RedisServer, Error> {
         })
 }
 
-/// A fresh directory for the SQLite file of an instance without `DATABASE_URL`.
-fn temp_dir() -> Result<PathBuf, Error> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "layercache-example-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// The directory of the SQLite file of an instance without `DATABASE_URL`: fresh, and removed
+/// when dropped (at shutdown, or when the start fails).
+#[derive(Debug)]
+struct OwnedDir(PathBuf);
+
+impl OwnedDir {
+    fn create() -> Result<Self, Error> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "layercache-example-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(OwnedDir(dir))
+    }
+}
+
+impl Drop for OwnedDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(%error, dir = %self.0.display(), "removing the temporary directory failed");
+        }
+    }
 }
 
 /// A running instance. [`shutdown`](Self::shutdown) stops it gracefully; dropping it stops the
@@ -282,7 +294,7 @@ pub struct RunningService {
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
     private_redis: Option<RedisServer>,
-    temp_dir: Option<PathBuf>,
+    temp_dir: Option<OwnedDir>,
     redis_url: String,
     database_url: String,
 }
@@ -394,11 +406,7 @@ impl RunningService {
             // Stopping the process waits for it: off the async threads.
             let _ = tokio::task::spawn_blocking(move || drop(server)).await;
         }
-        if let Some(dir) = temp_dir
-            && let Err(error) = std::fs::remove_dir_all(&dir)
-        {
-            tracing::warn!(%error, dir = %dir.display(), "removing the temporary directory failed");
-        }
+        drop(temp_dir);
         tracing::info!(%addr, "stopped");
         first_error.map_or(Ok(()), Err)
     }
@@ -408,9 +416,6 @@ impl Drop for RunningService {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
-        }
-        if let Some(dir) = self.temp_dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

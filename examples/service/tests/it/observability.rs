@@ -62,7 +62,7 @@ async fn metrics_show_each_instances_cache_counters_in_prometheus_text() {
         Some(1.0)
     );
     assert_eq!(
-        sample(&metrics, "layercache_l1_hits_total{cache=\"products\"}"),
+        sample(&metrics, "layercache_hits_total{cache=\"products\"}"),
         Some(2.0)
     );
     assert_eq!(
@@ -89,7 +89,7 @@ async fn metrics_show_each_instances_cache_counters_in_prometheus_text() {
     assert_eq!(stats.status, StatusCode::OK);
     assert_eq!(stats.body["mode"], "tiered");
     assert_eq!(stats.body["caches"]["products"]["loads"], json!(1));
-    assert_eq!(stats.body["caches"]["products"]["l1_hits"], json!(2));
+    assert_eq!(stats.body["caches"]["products"]["hits"], json!(2));
     assert_eq!(stats.body["caches"]["products"]["circuit"], "closed");
     assert_eq!(stats.body["database"]["kind"], "sqlite");
     assert_eq!(stats.body["database"]["reads"], json!(a.db_stats().reads));
@@ -203,7 +203,7 @@ async fn metrics_through_the_global_recorder_as_the_binary_installs_it() {
         "{metrics}"
     );
     assert_eq!(
-        sample(&metrics, "layercache_l1_hits_total{cache=\"products\"}"),
+        sample(&metrics, "layercache_hits_total{cache=\"products\"}"),
         Some(2.0)
     );
     assert!(
