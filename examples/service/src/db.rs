@@ -148,9 +148,14 @@ impl Db {
                 // WAL lets readers go on while one instance writes (outside any transaction:
                 // SQLite refuses to change the journal mode inside one). AUTOINCREMENT below
                 // never reuses the id of a deleted product, whose absence may still be cached.
-                sqlx::query("PRAGMA journal_mode = WAL")
+                // Best effort: two instances starting at once on a fresh file may race for the
+                // switch (it cannot wait for the lock); the one that wins switches the file.
+                if let Err(error) = sqlx::query("PRAGMA journal_mode = WAL")
                     .execute(&self.pool)
-                    .await?;
+                    .await
+                {
+                    tracing::debug!(%error, "switching SQLite to WAL failed");
+                }
                 "CREATE TABLE IF NOT EXISTS products (
                     id INTEGER PRIMARY KEY AUTOINCREMENT,
                     name TEXT NOT NULL,

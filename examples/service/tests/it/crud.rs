@@ -84,8 +84,11 @@ fn hammer(
 /// absence, alternating between the instances.
 async fn crud_on(database_url: String) {
     let redis = RedisServer::start();
-    let a = start(config(&redis, Some(database_url.clone()))).await;
-    let b = start(config(&redis, Some(database_url.clone()))).await;
+    // Started at once on a fresh database: they create the schema and seed it once.
+    let (a, b) = tokio::join!(
+        start(config(&redis, Some(database_url.clone()))),
+        start(config(&redis, Some(database_url.clone())))
+    );
     assert_eq!(a.cache_mode(), CacheMode::Tiered);
     let truth = Truth::connect(&database_url).await;
     let (ca, cb) = (Client::new(&a), Client::new(&b));
