@@ -17,6 +17,12 @@
 //! The cache is bounded by entry count (default 10,000) or by bytes through a weigher. moka keeps no
 //! hit or miss counts; the backend keeps its own ([`MokaStats`]).
 //!
+//! **Eviction policy** ([`L1Policy`], builder's [`eviction_policy`](MokaBackendBuilder::eviction_policy)):
+//! moka's TinyLFU by default — a new key is admitted only when it has been seen more often than the
+//! entry it would evict, so a one-time scan does not flush a hot working set — or plain LRU, which
+//! admits every key and evicts the least recently used (better on traces whose keys are reused soon
+//! after their first use, worse under scans; docs/benchmarks.md has both on real traces).
+//!
 //! ```
 //! use std::time::Duration;
 //! use layercache_core::{Backend, Clock, EntryOptions, KeySpace, SystemClock};
@@ -43,10 +49,41 @@ use layercache_core::{
     async_trait,
 };
 use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 /// The default bound on the number of entries.
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
+
+/// How the cache chooses what to evict when it is full.
+///
+/// ```
+/// use layercache_moka::{L1Policy, MokaBackend};
+///
+/// let lru: MokaBackend<String> = MokaBackend::builder().eviction_policy(L1Policy::Lru).build()?;
+/// assert_eq!(L1Policy::default(), L1Policy::TinyLfu);
+/// # Ok::<(), layercache_core::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum L1Policy {
+    /// moka's default: TinyLFU admission (a frequency sketch decides whether a new key may
+    /// replace the victim) over an LRU eviction order. Resists scans; keeps what is used often.
+    #[default]
+    TinyLfu,
+    /// Least recently used: every new key is admitted and the least recently used entry goes.
+    /// Wins on traces with strong recency (a key is reused soon after its first use).
+    Lru,
+}
+
+impl L1Policy {
+    fn to_moka(self) -> EvictionPolicy {
+        match self {
+            L1Policy::TinyLfu => EvictionPolicy::tiny_lfu(),
+            L1Policy::Lru => EvictionPolicy::lru(),
+        }
+    }
+}
 
 /// The hasher of the L1 map: foldhash, seeded once per process.
 type Hasher = foldhash::fast::RandomState;
@@ -102,9 +139,11 @@ struct Slot<V> {
 
 type Weigher<V> = Arc<dyn Fn(&Key, &V) -> u32 + Send + Sync>;
 
-/// Builds a [`MokaBackend`]. Defaults: at most [`DEFAULT_MAX_ENTRIES`] entries, the system clock.
+/// Builds a [`MokaBackend`]. Defaults: at most [`DEFAULT_MAX_ENTRIES`] entries, the system clock,
+/// [`L1Policy::TinyLfu`].
 pub struct MokaBackendBuilder<V> {
     max_entries: u64,
+    policy: L1Policy,
     max_bytes: Option<(u64, Weigher<V>)>,
     clock: SharedClock,
     name: Option<String>,
@@ -117,6 +156,7 @@ impl<V> fmt::Debug for MokaBackendBuilder<V> {
         f.debug_struct("MokaBackendBuilder")
             .field("max_entries", &self.max_entries)
             .field("max_bytes", &self.max_bytes.as_ref().map(|(b, _)| b))
+            .field("policy", &self.policy)
             .field("clock", &self.clock)
             .finish()
     }
@@ -139,6 +179,14 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
         weigher: impl Fn(&Key, &V) -> u32 + Send + Sync + 'static,
     ) -> Self {
         self.max_bytes = Some((max_bytes, Arc::new(weigher)));
+        self
+    }
+
+    /// How entries are chosen for eviction when the cache is full (default
+    /// [`L1Policy::TinyLfu`]).
+    #[must_use]
+    pub fn eviction_policy(mut self, policy: L1Policy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -186,7 +234,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackendBuilder<V> {
             return Err(Error::config("time_to_live_cap must be greater than zero"));
         }
         let counters = Arc::new(Counters::default());
-        let mut builder = Cache::builder();
+        let mut builder = Cache::builder().eviction_policy(self.policy.to_moka());
         if self.count_evictions {
             let counters = Arc::clone(&counters);
             builder = builder.eviction_listener(move |_key, _value, cause| {
@@ -256,6 +304,7 @@ impl<V: Clone + Send + Sync + 'static> MokaBackend<V> {
     pub fn builder() -> MokaBackendBuilder<V> {
         MokaBackendBuilder {
             max_entries: DEFAULT_MAX_ENTRIES,
+            policy: L1Policy::TinyLfu,
             max_bytes: None,
             clock: Arc::new(SystemClock),
             name: None,

@@ -8,7 +8,7 @@ use layercache_core::{
     Backend, Clock, EntryOptions, Error, InvalidationTransport, Key, LockStore, Result,
     SharedClock, SystemClock,
 };
-use layercache_moka::MokaBackend;
+use layercache_moka::{L1Policy, MokaBackend};
 use layercache_stampede::{DistributedLock, EarlyExpiry, LockOptions, SingleFlight};
 
 use crate::cache::TieredCache;
@@ -69,6 +69,7 @@ pub struct TieredCacheBuilder<V> {
     pub(crate) l1_max_entries: u64,
     pub(crate) l1_max_bytes: Option<(u64, Weigher<V>)>,
     pub(crate) l1_count_evictions: bool,
+    pub(crate) l1_policy: L1Policy,
     pub(crate) l1_ttl_cap: Duration,
     pub(crate) l2: L2Source<V>,
     pub(crate) l2_timeout: Duration,
@@ -107,6 +108,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
             l1_max_entries: DEFAULT_L1_MAX_ENTRIES,
             l1_max_bytes: None,
             l1_count_evictions: false,
+            l1_policy: L1Policy::TinyLfu,
             l1_ttl_cap: DEFAULT_L1_TTL_CAP,
             l2: L2Source::None,
             l2_timeout: DEFAULT_L2_TIMEOUT,
@@ -177,6 +179,17 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
     #[must_use]
     pub fn l1_count_evictions(mut self, count: bool) -> Self {
         self.l1_count_evictions = count;
+        self
+    }
+
+    /// How L1 chooses what to evict when full (default [`L1Policy::TinyLfu`], moka's own: a new
+    /// key must have been seen more often than the entry it would evict, so a scan of keys read
+    /// once does not flush the working set). [`L1Policy::Lru`] admits every key; it can win on
+    /// traces where a key is read again soon after its first read (docs/benchmarks.md,
+    /// `hit_ratio`).
+    #[must_use]
+    pub fn l1_eviction_policy(mut self, policy: L1Policy) -> Self {
+        self.l1_policy = policy;
         self
     }
 
@@ -356,6 +369,7 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
                 .time_to_live_cap(self.l1_ttl_cap)
                 .shared_clock(Arc::clone(&clock))
                 .count_evictions(self.l1_count_evictions)
+                .eviction_policy(self.l1_policy)
                 .name(self.name.clone());
             if let Some((max_bytes, weigher)) = &self.l1_max_bytes {
                 let weigher = Arc::clone(weigher);

@@ -69,5 +69,6 @@ pub use bulk::{DEFAULT_WARM_BATCH, DEFAULT_WARM_CONCURRENCY, WarmOutcome, WarmRe
 pub use cache::{DEFAULT_SHUTDOWN_TIMEOUT, TieredCache, WriteIntent};
 pub use circuit::{CircuitState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
 pub use coherence::{MAX_NAMESPACE_EPOCHS, MAX_TAG_EPOCHS};
+pub use layercache_moka::L1Policy;
 pub use loaded::Loaded;
 pub use stats::TieredStats;

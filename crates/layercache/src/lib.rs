@@ -74,7 +74,7 @@ pub mod tiered {
 
 #[cfg(feature = "tiered")]
 #[doc(inline)]
-pub use layercache_tiered::{Loaded, TieredCache, TieredCacheBuilder, TieredStats};
+pub use layercache_tiered::{L1Policy, Loaded, TieredCache, TieredCacheBuilder, TieredStats};
 
 #[cfg(all(doctest, feature = "tiered", feature = "redis"))]
 #[doc = include_str!("../../../README.md")]

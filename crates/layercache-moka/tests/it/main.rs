@@ -22,6 +22,8 @@ mod conformance {
     layercache_testkit::backend_conformance!(setup);
 }
 
+mod policy;
+
 mod send_sync {
     fn is_send_sync<T: Send + Sync>() {}
 
@@ -30,5 +32,6 @@ mod send_sync {
         is_send_sync::<layercache_moka::MokaBackend<String>>();
         is_send_sync::<layercache_moka::MokaBackendBuilder<String>>();
         is_send_sync::<layercache_moka::MokaStats>();
+        is_send_sync::<layercache_moka::L1Policy>();
     }
 }

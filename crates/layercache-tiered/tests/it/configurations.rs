@@ -1,4 +1,5 @@
-//! L1 alone, L2 alone and both are valid; the L2 tier fills L1; writes reach both.
+//! L1 alone, L2 alone and both are valid; the L2 tier fills L1; writes reach both; the L1 eviction
+//! policy takes effect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,4 +178,78 @@ mod conformance {
     }
 
     layercache_testkit::backend_conformance!(setup);
+}
+
+mod eviction {
+    //! `l1_eviction_policy` takes effect: a hot working set read often, then a scan of keys read once.
+    //! TinyLFU (the default) keeps the hot set out of reach of the scan; LRU lets the scan flush it,
+    //! and reading the hot keys again loads them from the source.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use layercache_core::Key;
+    use layercache_tiered::{L1Policy, TieredCache};
+
+    use crate::Source;
+
+    const CAPACITY: u64 = 100;
+    const HOT: u64 = 50;
+    /// A scan a few times the capacity: TinyLFU's sketch halves every count after about ten
+    /// accesses per entry of capacity (it forgets), so a scan long enough would, rightly, see the hot
+    /// set as cold again.
+    const SCAN: u64 = 300;
+
+    /// How many hot keys had to be loaded again after the scan.
+    async fn hot_reloads_after_scan(policy: Option<L1Policy>) -> u64 {
+        let mut builder = TieredCache::<String>::builder().l1_max_entries(CAPACITY);
+        if let Some(policy) = policy {
+            builder = builder.l1_eviction_policy(policy);
+        }
+        let cache = builder.build().unwrap();
+        let source: Arc<Source> = Source::new(Duration::ZERO);
+        let read = |i: u64| {
+            let cache = &cache;
+            let source = &source;
+            async move {
+                let key = Key::new(format!("k{i}")).unwrap();
+                assert!(
+                    cache
+                        .get_or_load_from(&key, source)
+                        .await
+                        .unwrap()
+                        .is_some()
+                );
+            }
+        };
+        for _round in 0..10 {
+            for i in 0..HOT {
+                read(i).await;
+            }
+        }
+        for i in 0..SCAN {
+            read(1_000_000 + i).await;
+        }
+        let before = source.loads();
+        for i in 0..HOT {
+            read(i).await;
+        }
+        source.loads() - before
+    }
+
+    #[tokio::test]
+    async fn lru_lets_a_scan_flush_the_hot_set_and_tiny_lfu_does_not() {
+        let default = hot_reloads_after_scan(None).await;
+        let tiny_lfu = hot_reloads_after_scan(Some(L1Policy::TinyLfu)).await;
+        let lru = hot_reloads_after_scan(Some(L1Policy::Lru)).await;
+        eprintln!(
+            "hot keys loaded again: default {default}, TinyLFU {tiny_lfu}, LRU {lru} of {HOT}"
+        );
+        assert!(tiny_lfu <= HOT / 10, "TinyLFU reloaded {tiny_lfu} of {HOT}");
+        assert!(
+            default <= HOT / 10,
+            "the default reloaded {default} of {HOT}"
+        );
+        assert!(lru >= HOT * 9 / 10, "LRU reloaded {lru} of {HOT}");
+    }
 }
