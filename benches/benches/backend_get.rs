@@ -95,8 +95,8 @@ fn backend_get(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("backend_get");
     group
-        .measurement_time(Duration::from_secs(5))
-        .warm_up_time(Duration::from_secs(1));
+        .measurement_time(benches::measurement_time(Duration::from_secs(5)))
+        .warm_up_time(benches::warm_up_time(Duration::from_secs(1)));
 
     group.bench_function("moka_raw", |b| {
         b.to_async(&rt)

@@ -103,8 +103,8 @@ fn single_flight(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("single_flight");
     group
-        .measurement_time(Duration::from_secs(4))
-        .warm_up_time(Duration::from_secs(1));
+        .measurement_time(benches::measurement_time(Duration::from_secs(4)))
+        .warm_up_time(benches::warm_up_time(Duration::from_secs(1)));
 
     group.bench_function("hit_direct", |b| {
         b.to_async(&rt)
@@ -163,8 +163,8 @@ fn stampede(c: &mut Criterion) {
     group
         .sampling_mode(SamplingMode::Flat)
         .sample_size(30)
-        .measurement_time(Duration::from_secs(6))
-        .warm_up_time(Duration::from_secs(1));
+        .measurement_time(benches::measurement_time(Duration::from_secs(6)))
+        .warm_up_time(benches::warm_up_time(Duration::from_secs(1)));
 
     // Each iteration takes a fresh cold key: the counters number them across warm-up and samples.
     let mut guarded_keys = 0_u64;

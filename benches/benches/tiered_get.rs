@@ -260,8 +260,8 @@ fn tiered_get(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("tiered_get");
     group
-        .measurement_time(Duration::from_secs(5))
-        .warm_up_time(Duration::from_secs(1));
+        .measurement_time(benches::measurement_time(Duration::from_secs(5)))
+        .warm_up_time(benches::warm_up_time(Duration::from_secs(1)));
 
     group.bench_function("moka_raw", |b| {
         b.to_async(&rt)
@@ -340,8 +340,8 @@ fn tiered_get(c: &mut Criterion) {
     group
         .sampling_mode(SamplingMode::Flat)
         .sample_size(20)
-        .measurement_time(Duration::from_secs(5))
-        .warm_up_time(Duration::from_secs(1));
+        .measurement_time(benches::measurement_time(Duration::from_secs(5)))
+        .warm_up_time(benches::warm_up_time(Duration::from_secs(1)));
     let bulk_keys = &fx.l2_keys[..BULK];
 
     group.bench_function("get_many_100", |b| {

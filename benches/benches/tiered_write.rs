@@ -140,8 +140,8 @@ fn tiered_write(c: &mut Criterion) {
     group
         .sampling_mode(SamplingMode::Flat)
         .sample_size(20)
-        .measurement_time(Duration::from_secs(5))
-        .warm_up_time(Duration::from_secs(1));
+        .measurement_time(benches::measurement_time(Duration::from_secs(5)))
+        .warm_up_time(benches::warm_up_time(Duration::from_secs(1)));
 
     rt.block_on(clear(&checker, &items));
     let mut ran = false;

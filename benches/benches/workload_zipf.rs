@@ -384,8 +384,8 @@ fn workload_zipf(c: &mut Criterion) {
     group
         .sampling_mode(SamplingMode::Flat)
         .sample_size(20)
-        .measurement_time(Duration::from_secs(5))
-        .warm_up_time(Duration::from_secs(1));
+        .measurement_time(benches::measurement_time(Duration::from_secs(5)))
+        .warm_up_time(benches::warm_up_time(Duration::from_secs(1)));
 
     let mut cursor = 0_usize;
     group.bench_function("raw_prototype", |b| {

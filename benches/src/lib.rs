@@ -2,8 +2,45 @@
 //!
 //! Every group measures layercache against its raw baseline (moka, redis-rs) in the same run, on
 //! the same value: a [`Payload`] whose JSON is exactly [`PAYLOAD_JSON_LEN`] bytes (1 KiB).
+//!
+//! Timing: each group sets its own warm-up and measurement times (which criterion's
+//! `--measurement-time` does not override); with [`QUICK_ENV`] set (what `cargo xtask bench` does)
+//! they shrink to [`QUICK_WARM_UP`] and [`QUICK_MEASUREMENT`] through [`warm_up_time`] and
+//! [`measurement_time`], so the whole suite runs in a few minutes.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// The environment variable that shortens every group's timing (any value but `0` or empty).
+pub const QUICK_ENV: &str = "LAYERCACHE_BENCH_QUICK";
+/// A group's warm-up time in quick mode: 1 s.
+pub const QUICK_WARM_UP: Duration = Duration::from_secs(1);
+/// A group's measurement time in quick mode: 2 s.
+pub const QUICK_MEASUREMENT: Duration = Duration::from_secs(2);
+
+/// Whether [`QUICK_ENV`] asks for short timings.
+pub fn quick() -> bool {
+    std::env::var(QUICK_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `default`, or at most [`QUICK_MEASUREMENT`] in quick mode.
+pub fn measurement_time(default: Duration) -> Duration {
+    if quick() {
+        default.min(QUICK_MEASUREMENT)
+    } else {
+        default
+    }
+}
+
+/// `default`, or at most [`QUICK_WARM_UP`] in quick mode.
+pub fn warm_up_time(default: Duration) -> Duration {
+    if quick() {
+        default.min(QUICK_WARM_UP)
+    } else {
+        default
+    }
+}
 
 /// The length, in bytes, of the JSON of every [`Payload::new`].
 pub const PAYLOAD_JSON_LEN: usize = 1024;
