@@ -57,7 +57,7 @@ fn a_replicated_cluster_fails_over_and_takes_its_old_primary_back() {
     assert!(primaries.contains(&owner));
     let node = cluster.node(owner);
     assert_eq!(call(node, &["SET", "survivor", "v1"]).unwrap(), "+OK");
-    assert_eq!(call(node, &["WAIT", "1", "5000"]).unwrap(), ":1");
+    cluster.wait_replicated(owner);
     let replica = cluster.replicas_of(owner)[0];
 
     let failover = cluster.crash_primary(owner);

@@ -52,13 +52,17 @@ fn load(cluster: &RedisCluster, primaries: &[usize]) -> Load {
     total
 }
 
-/// What happened between two loads, without the probes' own INFO calls (their replies, a few
-/// kilobytes, add about 15 bytes out per operation); per operation.
+/// Commands on a primary that no operation of ours sends: the probes' own `INFO`, and what the
+/// replicas send on their replication link (`REPLCONF ACK` every second, a resync).
+const NOT_OURS: [&str; 4] = ["info", "replconf", "psync", "sync"];
+
+/// What happened between two loads, without the commands [`NOT_OURS`] (the probes' replies, a
+/// few kilobytes, add about 15 bytes out per operation); per operation.
 fn per_op(before: &Load, after: &Load, what: &str) -> BTreeMap<String, f64> {
     let mut commands = BTreeMap::new();
     for (name, calls) in &after.commands {
         let delta = calls - before.commands.get(name).copied().unwrap_or(0);
-        if delta > 0 && name != "info" {
+        if delta > 0 && !NOT_OURS.contains(&name.as_str()) {
             commands.insert(name.clone(), delta as f64 / N as f64);
         }
     }

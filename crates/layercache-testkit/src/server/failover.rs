@@ -6,6 +6,10 @@ use super::cluster::{RedisCluster, node_call};
 use super::process::RedisServer;
 use super::resp::Reply;
 
+/// How long [`RedisCluster::fail_over_to`] waits for a manual failover before asking again
+/// (Redis abandons one after 5 s).
+const MANUAL_FAILOVER_RETRY: Duration = Duration::from_secs(6);
+
 /// A node's role, as it reports it (`ROLE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeRole {
@@ -96,6 +100,42 @@ impl RedisCluster {
         self.index_of_port(port)
     }
 
+    /// Waits until every running replica of the primary at `index` has acknowledged everything
+    /// the primary had written when this was called (its replication offset, as `ROLE` reports
+    /// it; replicas acknowledge every second), at most the cluster timeout. Call it before
+    /// [`crash_primary`](Self::crash_primary) when a test needs every earlier write to survive:
+    /// `WAIT` only covers the writes of the connection that sends it.
+    ///
+    /// # Panics
+    ///
+    /// If the node is not a running primary or a replica does not catch up in time.
+    pub fn wait_replicated(&self, index: usize) {
+        let replicas = self.replicas_before_failover(index);
+        let target = match node_call(self.node(index), &[b"ROLE"]) {
+            Ok(Reply::Array(Some(items))) => match items.get(1) {
+                Some(Reply::Integer(offset)) => *offset,
+                other => panic!("ROLE of primary {index}: no offset in {other:?}"),
+            },
+            other => panic!("ROLE of primary {index}: {other:?}"),
+        };
+        self.wait_until("the replicas to acknowledge the primary's writes", || {
+            let acked = acknowledged_offsets(self.node(index));
+            let behind: Vec<usize> = replicas
+                .iter()
+                .copied()
+                .filter(|&replica| {
+                    let port = i64::from(self.node(replica).port());
+                    !acked
+                        .iter()
+                        .any(|&(p, offset)| p == port && offset >= target)
+                })
+                .collect();
+            (!behind.is_empty()).then(|| {
+                format!("replicas {behind:?} behind offset {target}: acknowledged {acked:?}")
+            })
+        });
+    }
+
     /// Kills the primary at `index` with SIGKILL and waits until one of its replicas has taken
     /// over and the cluster is healthy again ([`RedisCluster::wait_healthy`]), at most 60 s.
     /// The killed node stays stopped; [`RedisServer::restart`] brings it back as a replica.
@@ -129,10 +169,23 @@ impl RedisCluster {
         };
         let old_primary = self.index_of_port(primary_port);
         let started = Instant::now();
-        match node_call(self.node(replica), &[b"CLUSTER", b"FAILOVER"]) {
-            Ok(Reply::Simple(ok)) if ok == "OK" => {}
+        let ask = || match node_call(self.node(replica), &[b"CLUSTER", b"FAILOVER"]) {
+            Ok(Reply::Simple(ok)) if ok == "OK" => Instant::now(),
             other => panic!("CLUSTER FAILOVER on node {replica}: {other:?}"),
-        }
+        };
+        // A manual failover gives up after 5 s without the primaries' votes, and a primary votes
+        // for a replica of one shard at most once per two node timeouts (right after another
+        // failover of the shard, it refuses): ask again until one succeeds.
+        let mut asked = ask();
+        self.wait_until("the replica to take over", || {
+            if self.role(replica) == Some(NodeRole::Primary) {
+                return None;
+            }
+            if asked.elapsed() >= MANUAL_FAILOVER_RETRY {
+                asked = ask();
+            }
+            Some(format!("node {replica} reports {:?}", self.role(replica)))
+        });
         let new_primary = self.wait_for_promotion(&[replica]);
         let new_port = self.node(new_primary).port();
         self.wait_until("the old primary to follow the new one", || {
@@ -186,7 +239,19 @@ impl RedisCluster {
             }
         });
         self.wait_healthy();
-        promoted.unwrap_or_else(|| unreachable!("wait_until returned once a replica took over"))
+        let promoted = promoted
+            .unwrap_or_else(|| unreachable!("wait_until returned once a replica took over"));
+        // Gossip spreads the new owner of the slots: wait until every running node knows it, so
+        // that a test asking any node (`primary_of_key`) sees the failover.
+        let port = self.node(promoted).port();
+        self.wait_until("every node to know the new primary", || {
+            self.nodes
+                .iter()
+                .filter(|node| node.is_running())
+                .find(|node| !serves_slots(node, port))
+                .map(|node| format!("node {} does not see {port} serving slots yet", node.port()))
+        });
+        promoted
     }
 
     fn index_of_port(&self, port: u16) -> usize {
@@ -195,6 +260,47 @@ impl RedisCluster {
             .position(|node| node.port() == port)
             .unwrap_or_else(|| panic!("no node of the cluster listens on port {port}"))
     }
+}
+
+/// Whether `node`'s `CLUSTER NODES` shows the node listening on `port` as a primary with slots.
+fn serves_slots(node: &RedisServer, port: u16) -> bool {
+    let Ok(Reply::Bulk(Some(nodes))) = node_call(node, &[b"CLUSTER", b"NODES"]) else {
+        return false;
+    };
+    String::from_utf8_lossy(&nodes).lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let listens = fields
+            .get(1)
+            .and_then(|address| address.split('@').next())
+            .and_then(|address| address.rsplit_once(':'))
+            .is_some_and(|(_, p)| p.parse() == Ok(port));
+        let primary = fields
+            .get(2)
+            .is_some_and(|flags| flags.split(',').any(|f| f == "master"));
+        listens && primary && fields.len() > 8
+    })
+}
+
+/// The (port, acknowledged offset) of each replica a primary's `ROLE` lists.
+fn acknowledged_offsets(primary: &RedisServer) -> Vec<(i64, i64)> {
+    let Ok(Reply::Array(Some(items))) = node_call(primary, &[b"ROLE"]) else {
+        return Vec::new();
+    };
+    let Some(Reply::Array(Some(replicas))) = items.get(2) else {
+        return Vec::new();
+    };
+    let number = |reply: &Reply| match reply {
+        Reply::Integer(n) => Some(*n),
+        Reply::Bulk(Some(text)) => std::str::from_utf8(text).ok()?.parse().ok(),
+        _ => None,
+    };
+    replicas
+        .iter()
+        .filter_map(|replica| match replica {
+            Reply::Array(Some(fields)) => Some((number(fields.get(1)?)?, number(fields.get(2)?)?)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The role `node` reports, or `None` when it is stopped or does not answer.
