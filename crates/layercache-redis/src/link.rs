@@ -239,10 +239,12 @@ impl<S: Session> Link<S> {
                     delay = FIRST_DELAY;
                     told_down = false;
                     self.state.sessions.fetch_add(1, Ordering::Relaxed);
-                    self.connected.send_replace(true);
+                    // The cache hears of the connection (and flushes L1 after an outage) before
+                    // anyone waiting for it does: a warm-up that waited is not flushed after.
                     if let Some(sink) = self.sink.upgrade() {
                         sink.reconnected();
                     }
+                    self.connected.send_replace(true);
                     let ended = self.session.listen(conn, &self.sink, &mut self.stop).await;
                     self.connected.send_replace(false);
                     if let Ended::Stopped = ended {
