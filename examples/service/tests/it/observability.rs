@@ -69,6 +69,36 @@ async fn metrics_show_each_instances_cache_counters_in_prometheus_text() {
         sample(&metrics, "layercache_loads_total{cache=\"product_lists\"}"),
         Some(1.0)
     );
+    // The latency histograms, recorded as the reads happened: one read that loaded (an L2 miss,
+    // then the loader), each with its outcome.
+    for (histogram, count) in [
+        (
+            "layercache_get_seconds_count{cache=\"products\",outcome=\"loaded\"}",
+            1.0,
+        ),
+        (
+            "layercache_l2_seconds_count{cache=\"products\",outcome=\"miss\"}",
+            1.0,
+        ),
+        (
+            "layercache_load_seconds_count{cache=\"products\",outcome=\"ok\"}",
+            1.0,
+        ),
+        (
+            "layercache_load_seconds_count{cache=\"product_lists\",outcome=\"ok\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            sample(&metrics, histogram),
+            Some(count),
+            "{histogram} in\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("layercache_get_seconds_bucket{cache=\"products\",outcome=\"loaded\",le="),
+        "buckets, not a summary:\n{metrics}"
+    );
 
     // B's recorder is its own: A's reads are not in it.
     let metrics_b = cb
