@@ -5,7 +5,7 @@
 //! ```text
 //! cargo xtask test           # the CI entry: every check, in order
 //! cargo xtask lint           # rustfmt, clippy, architecture checks
-//! cargo xtask bench [ARGS]   # cargo bench -p benches -- ARGS
+//! cargo xtask bench [ARGS]   # the bench suite, short timings; target/bench-summary.md
 //! cargo xtask fuzz [SECONDS]  # fuzz the envelope decoder (default 60 s)
 //! cargo xtask redis          # install redis-server when missing
 //! cargo xtask postgres       # install the PostgreSQL server binaries when missing
@@ -15,6 +15,7 @@
 //! Every command runs with the workspace root as its working directory.
 
 mod arch;
+mod bench;
 
 use std::{
     env,
@@ -40,7 +41,12 @@ COMMANDS:
                       benches build, quickstart example.
     lint            rustfmt --check, clippy -D warnings, architecture checks.
     arch            Architecture checks only (which crate may depend on which).
-    bench [ARGS]    cargo bench -p benches -- ARGS (e.g. `cargo xtask bench get`).
+    bench [ARGS]    The criterion suite (cargo bench -p benches -- ARGS, e.g. a filter:
+                      `cargo xtask bench tiered_get`) with short timings
+                      (LAYERCACHE_BENCH_QUICK; `--full`: each group's own), then
+                      target/bench-summary.md: medians with their spread, the ratios
+                      the issues name, what workload_zipf and hit_ratio print.
+                      About 10 minutes on 2 cores; needs redis-server (ensured).
     fuzz [SECONDS]  Fuzz the envelope decoder for SECONDS (default 60) with cargo-fuzz
                       (installed when missing) on the stable toolchain, from the seed
                       corpus in fuzz/corpus/envelope_decode; crashes land in
@@ -54,6 +60,8 @@ COMMANDS:
 ENVIRONMENT:
     LAYERCACHE_REDIS_SERVER   path to a redis-server binary to use instead of PATH
     LAYERCACHE_POSTGRES_BIN   directory holding initdb and postgres, used instead of PATH
+    LAYERCACHE_TRACES         directory of the ARC traces for `bench` (default ../shared/traces)
+    LAYERCACHE_TRACE_REQUESTS requests replayed per trace by `bench` (default 500000; 0: all)
     CARGO                     cargo binary to run (set by cargo itself)
 ";
 
@@ -139,9 +147,7 @@ fn main() -> ExitCode {
         "redis" if rest.is_empty() => run_steps(&[redis_step()]),
         "postgres" if rest.is_empty() => run_steps(&[postgres_step()]),
         "arch" if rest.is_empty() => run_steps(&[arch_step()]),
-        "bench" => run_steps(&[Step::new("benches", || {
-            run(cargo().args(["bench", "-p", "benches", "--"]).args(rest))
-        })]),
+        "bench" => run_steps(&[redis_step(), Step::new("benches", || bench::bench(rest))]),
         "fuzz" => match fuzz_seconds(rest) {
             Some(seconds) => run_steps(&fuzz_steps(seconds)),
             None => {
