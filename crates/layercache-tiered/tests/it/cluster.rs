@@ -13,15 +13,10 @@ use layercache_testkit::conformance::unique_space;
 use layercache_tiered::{TieredCache, TieredCacheBuilder};
 
 use crate::Source;
+use crate::shape::shared_cluster;
 
 /// A generous bound on what must end: past it the test fails instead of hanging.
 const BOUND: Duration = Duration::from_secs(60);
-
-/// One replicated cluster for the tests that stop no node.
-fn shared_cluster() -> &'static RedisCluster {
-    static CLUSTER: std::sync::OnceLock<RedisCluster> = std::sync::OnceLock::new();
-    CLUSTER.get_or_init(RedisCluster::replicated)
-}
 
 async fn backend(cluster: &RedisCluster) -> RedisBackend {
     RedisBackend::cluster_builder(cluster.urls())

@@ -14,6 +14,7 @@ mod linearizable;
 mod memory;
 mod metrics;
 mod processes;
+mod shape;
 mod symptoms;
 #[cfg(feature = "tls")]
 mod tls;
