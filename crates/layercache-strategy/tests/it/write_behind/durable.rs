@@ -10,37 +10,97 @@ use std::time::{Duration, Instant};
 use layercache_core::{
     Backend, ErrorKind, Key, KeySpace, Namespace, Result, WriteJournal, Writer, async_trait,
 };
-use layercache_redis::RedisWriteJournal;
+use layercache_redis::{RedisBackend, RedisWriteJournal, RedisWriteJournalBuilder};
 use layercache_strategy::{QueueFull, WhenFull, WriteBehind};
-use layercache_testkit::RedisServer;
 use layercache_testkit::conformance::unique_space;
 use layercache_testkit::sqlite::{Product, Products};
+use layercache_testkit::{RedisCluster, RedisServer};
 
 use super::{Gated, Letters, collect, eventually, moka, print_stats, product, redis_cache, source};
 
 const CHILD_ROLE: &str = "LAYERCACHE_WB_CHILD_ROLE";
-const CHILD_URL: &str = "LAYERCACHE_WB_CHILD_URL";
+const CHILD_REDIS: &str = "LAYERCACHE_WB_CHILD_REDIS";
 const CHILD_DB: &str = "LAYERCACHE_WB_CHILD_DB";
 const CHILD_PREFIX: &str = "LAYERCACHE_WB_CHILD_PREFIX";
 const STREAM: &str = "wb:journal";
 
+/// Where the journal and the cache live: one server, or a Redis Cluster (the same code; only the
+/// connection settings change).
+#[derive(Clone, Debug)]
+enum Shared {
+    Server(String),
+    Cluster(Vec<String>),
+}
+
+impl Shared {
+    fn server(server: &RedisServer) -> Self {
+        Shared::Server(server.url())
+    }
+
+    fn cluster(cluster: &RedisCluster) -> Self {
+        Shared::Cluster(cluster.urls())
+    }
+
+    /// How a child process is told (see [`from_env`](Self::from_env)).
+    fn to_env(&self) -> String {
+        match self {
+            Shared::Server(url) => format!("server {url}"),
+            Shared::Cluster(nodes) => format!("cluster {}", nodes.join(",")),
+        }
+    }
+
+    fn from_env(text: &str) -> Self {
+        match text.split_once(' ') {
+            Some(("server", url)) => Shared::Server(url.to_owned()),
+            Some(("cluster", nodes)) => {
+                Shared::Cluster(nodes.split(',').map(str::to_owned).collect())
+            }
+            _ => panic!("{CHILD_REDIS}={text}"),
+        }
+    }
+
+    fn journal_builder(&self, stream: &str) -> RedisWriteJournalBuilder {
+        let builder = match self {
+            Shared::Server(url) => RedisWriteJournal::builder(url, stream),
+            Shared::Cluster(nodes) => {
+                RedisWriteJournal::cluster_builder(nodes.iter().cloned(), stream)
+            }
+        };
+        builder
+            .command_timeout(Duration::from_secs(2))
+            .max_block(Duration::from_millis(200))
+    }
+
+    async fn journal(&self, stream: &str) -> RedisWriteJournal {
+        self.journal_builder(stream).connect().await.unwrap()
+    }
+
+    /// A Redis cache of products.
+    async fn cache(&self) -> Arc<dyn Backend<Product>> {
+        match self {
+            Shared::Server(url) => redis_cache(url).await,
+            Shared::Cluster(nodes) => Arc::new(
+                RedisBackend::cluster_builder(nodes.iter().cloned())
+                    .command_timeout(Duration::from_secs(2))
+                    .connect()
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
 async fn journal(url: &str, stream: &str) -> RedisWriteJournal {
-    RedisWriteJournal::builder(url, stream)
-        .command_timeout(Duration::from_secs(2))
-        .max_block(Duration::from_millis(200))
-        .connect()
-        .await
-        .unwrap()
+    Shared::Server(url.to_owned()).journal(stream).await
 }
 
 /// A durable write-behind tuned for tests: short blocks and batches, quick takeover.
 async fn durable(
-    url: &str,
+    journal: RedisWriteJournal,
     cache: Arc<dyn Backend<Product>>,
     writer: Arc<dyn Writer<Product>>,
     claim_idle: Duration,
 ) -> layercache_core::Result<(WriteBehind<Product>, RedisWriteJournal)> {
-    let journal = journal(url, STREAM).await;
     let wb = WriteBehind::builder(cache, writer)
         .max_delay(Duration::from_millis(5))
         .max_retries(2)
@@ -78,10 +138,12 @@ impl Writer<Product> for StallAfterFirst {
 const WRITES: usize = 10_000;
 const KILL_AFTER: usize = 2_000;
 const KILLED: &str = "write_behind::durable::a_killed_writer_loses_nothing_it_acknowledged";
+const KILLED_CLUSTER: &str =
+    "write_behind::durable::a_killed_writer_loses_nothing_it_acknowledged_on_a_cluster";
 
 /// The child: 4 tasks put the 10,000 products (one key each) and print `ACK <id>` once `put`
 /// has returned `Ok`; then it waits to be killed.
-async fn child(url: String, db: String, prefix: String) {
+async fn child(redis: Shared, db: String, prefix: String) {
     let ns = KeySpace::new(&prefix)
         .unwrap()
         .namespace("products")
@@ -95,8 +157,8 @@ async fn child(url: String, db: String, prefix: String) {
         calls: Default::default(),
     });
     let (wb, _journal) = durable(
-        &url,
-        redis_cache(&url).await,
+        redis.journal(STREAM).await,
+        redis.cache().await,
         writer,
         Duration::from_secs(600),
     )
@@ -120,24 +182,45 @@ async fn child(url: String, db: String, prefix: String) {
     std::future::pending::<()>().await;
 }
 
+/// Runs the child's part when this process is one; `true` then.
+async fn run_child() -> bool {
+    let Ok(role) = std::env::var(CHILD_ROLE) else {
+        return false;
+    };
+    assert_eq!(role, "writer");
+    let var = |name| std::env::var(name).unwrap();
+    let redis = Shared::from_env(&var(CHILD_REDIS));
+    child(redis, var(CHILD_DB), var(CHILD_PREFIX)).await;
+    true
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_writer_loses_nothing_it_acknowledged() {
-    if let Ok(role) = std::env::var(CHILD_ROLE) {
-        assert_eq!(role, "writer");
-        let var = |name| std::env::var(name).unwrap();
-        child(var(CHILD_URL), var(CHILD_DB), var(CHILD_PREFIX)).await;
-        return;
+    if !run_child().await {
+        let server = RedisServer::start();
+        killed_writer(&Shared::server(&server), KILLED).await;
     }
-    let server = RedisServer::start();
-    let url = server.url();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_writer_loses_nothing_it_acknowledged_on_a_cluster() {
+    if !run_child().await {
+        let cluster = RedisCluster::replicated();
+        killed_writer(&Shared::cluster(&cluster), KILLED_CLUSTER).await;
+    }
+}
+
+/// The writer (a child process running `test`) is SIGKILLed after 2,000 acknowledged puts; a
+/// new worker takes over its journal; every acknowledged put reaches the source.
+async fn killed_writer(redis: &Shared, test: &str) {
     let space = unique_space();
     let ns = space.namespace("products").unwrap();
     let products = source(&ns).await;
 
     let mut writer = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", KILLED, "--nocapture", "--test-threads=1"])
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD_ROLE, "writer")
-        .env(CHILD_URL, &url)
+        .env(CHILD_REDIS, redis.to_env())
         .env(CHILD_DB, products.path())
         .env(CHILD_PREFIX, space.prefix())
         .stdout(Stdio::piped())
@@ -173,7 +256,7 @@ async fn a_killed_writer_loses_nothing_it_acknowledged() {
         acknowledged.insert(id);
     }
 
-    let taker_journal = journal(&url, STREAM).await;
+    let taker_journal = redis.journal(STREAM).await;
     let pending = taker_journal.pending().await.unwrap();
     let backlog = taker_journal.backlog().await.unwrap();
     let written_by_child = products.count().await.unwrap();
@@ -188,7 +271,7 @@ async fn a_killed_writer_loses_nothing_it_acknowledged() {
 
     // A new worker takes over: stale pending entries through XAUTOCLAIM, the rest by reading.
     let (wb, _) = durable(
-        &url,
+        redis.journal(STREAM).await,
         moka(),
         Arc::new(products.clone()),
         Duration::from_millis(200),
@@ -360,7 +443,7 @@ async fn durable_throughput_on_the_write_through_workload() {
     let keys: Vec<Key> = (0..KEYS).map(|i| ns.key(i).unwrap()).collect();
     let products = source(&ns).await;
     let (wb, journal) = durable(
-        &server.url(),
+        journal(&server.url(), STREAM).await,
         redis_cache(&server.url()).await,
         Arc::new(products.clone()),
         Duration::from_secs(30),
