@@ -1,6 +1,8 @@
 //! A [`WriteJournal`] over a Redis Stream and one consumer group: the durable queue of write-behind.
 //!
-//! - `append` is `XADD stream * k <key> o <p|d> v <payload>` on the shared multiplexed connection.
+//! - `append` is `XADD stream * k <key> o <p|d> v <payload>` on the shared multiplexed connection;
+//!   with [`wait_for_replicas`](RedisWriteJournalBuilder::wait_for_replicas), `XADD` + `WAIT n ms`
+//!   in one pipeline, and fewer replicas than asked make it an error.
 //! - `read` is `XREADGROUP GROUP g consumer COUNT n BLOCK ms STREAMS stream >` on a connection of
 //!   a small deadpool pool of its own: a blocking read would stall every other command sent on a
 //!   shared multiplexed connection. A read that overruns its bound takes its connection out of the
@@ -24,19 +26,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::redis::AsyncConnectionConfig;
 use layercache_core::{
     Error, JournalBacklog, JournalOp, JournalRecord, Key, Result, Timestamp, WriteJournal,
     async_trait,
 };
 use redis::RedisError;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
 
 use crate::backend::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
 use crate::connection::{Connection, Idempotent, Request, redis_error};
 use crate::tls::RootCa;
-use crate::url::redact;
+
+mod builder;
+
+pub use builder::RedisWriteJournalBuilder;
 
 /// The default consumer group of a [`RedisWriteJournal`].
 pub const DEFAULT_JOURNAL_GROUP: &str = "layercache-write-behind";
@@ -52,193 +55,11 @@ const FIELD_KEY: &str = "k";
 const FIELD_OP: &str = "o";
 const FIELD_VALUE: &str = "v";
 
-/// Builds a [`RedisWriteJournal`]; see [`RedisWriteJournal::builder`]. `Debug` redacts the
-/// password.
-#[derive(Clone)]
-pub struct RedisWriteJournalBuilder {
-    url: String,
-    stream: String,
-    group: String,
-    command_timeout: Duration,
-    connect_timeout: Duration,
-    max_block: Duration,
-    pool_size: usize,
-    /// The nodes of a Redis Cluster, instead of `url`.
-    cluster: Option<Vec<String>>,
-    root_ca: RootCa,
-}
-
-impl fmt::Debug for RedisWriteJournalBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisWriteJournalBuilder")
-            .field("url", &redact(&self.url))
-            .field(
-                "cluster",
-                &self.cluster.as_deref().map(crate::cluster::shown),
-            )
-            .field("stream", &self.stream)
-            .field("group", &self.group)
-            .field("command_timeout", &self.command_timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("max_block", &self.max_block)
-            .field("pool_size", &self.pool_size)
-            .field("tls_root_ca", &self.root_ca)
-            .finish()
-    }
-}
-
-impl RedisWriteJournalBuilder {
-    /// The consumer group (default [`DEFAULT_JOURNAL_GROUP`]).
-    #[must_use]
-    pub fn group(mut self, group: impl Into<String>) -> Self {
-        self.group = group.into();
-        self
-    }
-
-    /// The bound on each non-blocking command (default
-    /// [`DEFAULT_COMMAND_TIMEOUT`](crate::DEFAULT_COMMAND_TIMEOUT)); a blocking read is bounded
-    /// by its `BLOCK` plus this.
-    #[must_use]
-    pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout;
-        self
-    }
-
-    /// The bound on establishing a connection (default
-    /// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT)).
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// The longest `BLOCK` of one read (default [`DEFAULT_MAX_BLOCK`]).
-    #[must_use]
-    pub fn max_block(mut self, max_block: Duration) -> Self {
-        self.max_block = max_block;
-        self
-    }
-
-    /// Connections in the pool of blocking reads (default [`DEFAULT_JOURNAL_POOL_SIZE`]; a
-    /// cluster journal reads over one cluster connection and ignores it).
-    #[must_use]
-    pub fn pool_size(mut self, size: usize) -> Self {
-        self.pool_size = size;
-        self
-    }
-
-    /// Trust the CA certificates in `pem` for `rediss://` instead of the default roots (feature
-    /// `tls`; default: no private CA), as
-    /// [`RedisBackendBuilder::tls_root_ca`](crate::RedisBackendBuilder::tls_root_ca) does.
-    #[cfg(feature = "tls")]
-    #[must_use]
-    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.root_ca = RootCa(Some(pem.into()));
-        self
-    }
-
-    fn check(&self) -> Result<()> {
-        match &self.cluster {
-            Some(nodes) => self.root_ca.check(nodes.iter().map(String::as_str))?,
-            None => self.root_ca.check(std::iter::once(self.url.as_str()))?,
-        }
-        if self.command_timeout.is_zero()
-            || self.connect_timeout.is_zero()
-            || self.max_block.is_zero()
-        {
-            return Err(Error::config(
-                "journal timeouts and max block must be greater than zero",
-            ));
-        }
-        if self.pool_size == 0 {
-            return Err(Error::config("journal pool size must be greater than zero"));
-        }
-        if self.stream.is_empty() || self.group.is_empty() {
-            return Err(Error::config("journal stream and group must not be empty"));
-        }
-        Ok(())
-    }
-
-    fn invalid_url(&self, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-        Error::config(format!("invalid redis url {}", redact(&self.url))).with_source(e)
-    }
-
-    /// Connects, creates the consumer group if it does not exist, and fails with an `Unavailable`
-    /// or `Timeout` error when Redis cannot be reached.
-    pub async fn connect(self) -> Result<RedisWriteJournal> {
-        self.check()?;
-        if let Some(nodes) = &self.cluster {
-            return self.connect_cluster(nodes).await;
-        }
-        let client = self.root_ca.client(&self.url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout));
-        let manager = tokio::time::timeout(
-            self.connect_timeout,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| Error::timeout(format!("connecting to {} timed out", redact(&self.url))))?
-        .map_err(|e| redis_error(e).context(format!("connecting to {}", redact(&self.url))))?;
-
-        // Blocking reads wait up to max_block on the server: the connection's own response
-        // timeout must let them.
-        let read_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.max_block + self.command_timeout));
-        // The pool's connections are made with the client's settings (its TLS ones too).
-        let manager_for_pool = deadpool_redis::Manager::new_with_config(
-            client.get_connection_info().clone(),
-            read_config,
-        )
-        .map_err(|e| self.invalid_url(e))?;
-        let pool = deadpool_redis::Pool::builder(manager_for_pool)
-            .max_size(self.pool_size)
-            .wait_timeout(Some(self.command_timeout))
-            .create_timeout(Some(self.connect_timeout))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| Error::config("cannot build the journal's redis pool").with_source(e))?;
-
-        let journal = RedisWriteJournal {
-            conn: Connection::manager(manager, self.command_timeout),
-            reads: Reads::Pool(pool),
-            stream: self.stream.into(),
-            group: self.group.into(),
-            command_timeout: self.command_timeout,
-            max_block: self.max_block,
-            redacted_url: redact(&self.url),
-            malformed: Arc::default(),
-        };
-        journal.create_group().await?;
-        Ok(journal)
-    }
-
-    async fn connect_cluster(&self, nodes: &[String]) -> Result<RedisWriteJournal> {
-        let settings = |response_timeout| crate::cluster::ClusterSettings {
-            nodes,
-            root_ca: &self.root_ca,
-            connect_timeout: self.connect_timeout,
-            response_timeout,
-        };
-        let conn = crate::cluster::connect(settings(self.command_timeout)).await?;
-        // Blocking reads wait up to max_block on the server.
-        let reads =
-            crate::cluster::connect(settings(self.max_block + self.command_timeout)).await?;
-        let journal = RedisWriteJournal {
-            conn: Connection::cluster(conn, self.command_timeout),
-            reads: Reads::Cluster(reads),
-            stream: self.stream.clone().into(),
-            group: self.group.clone().into(),
-            command_timeout: self.command_timeout,
-            max_block: self.max_block,
-            redacted_url: crate::cluster::shown(nodes),
-            malformed: Arc::default(),
-        };
-        journal.create_group().await?;
-        Ok(journal)
-    }
+/// `WAIT` after each append: see [`RedisWriteJournalBuilder::wait_for_replicas`].
+#[derive(Clone, Copy, Debug)]
+struct Replication {
+    replicas: u32,
+    timeout: Duration,
 }
 
 /// Where blocking reads go.
@@ -261,7 +82,11 @@ enum Reads {
 #[derive(Clone)]
 pub struct RedisWriteJournal {
     conn: Connection,
+    /// Where appends go: `conn`, or with `WAIT`, a connection of their own. Redis blocks a
+    /// client in `WAIT`: on `conn`, acknowledgments and claims would queue behind it.
+    appends: Connection,
     reads: Reads,
+    replication: Option<Replication>,
     stream: Arc<str>,
     group: Arc<str>,
     command_timeout: Duration,
@@ -278,6 +103,7 @@ impl fmt::Debug for RedisWriteJournal {
             .field("group", &self.group)
             .field("command_timeout", &self.command_timeout)
             .field("max_block", &self.max_block)
+            .field("wait_for_replicas", &self.replication)
             .finish()
     }
 }
@@ -315,6 +141,7 @@ impl RedisWriteJournal {
             pool_size: DEFAULT_JOURNAL_POOL_SIZE,
             cluster: None,
             root_ca: RootCa::default(),
+            replication: None,
         }
     }
 
@@ -513,7 +340,27 @@ impl WriteJournal for RedisWriteJournal {
             .arg(payload);
         // Sent again after a dropped connection: a duplicate entry is a second write of the same
         // value, which at-least-once delivery allows.
-        self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await
+        let Some(Replication { replicas, timeout }) = self.replication else {
+            return self.conn.query(Request::Cmd(&cmd), Idempotent::Yes).await;
+        };
+        // One round trip: WAIT has no key, so the pipeline goes where the XADD goes (on a
+        // cluster, the stream's primary), on the connection that sent the XADD.
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd)
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(millis(timeout).max(1));
+        let (id, acked): (String, u64) = self
+            .appends
+            .query(Request::Pipe(&pipe), Idempotent::Yes)
+            .await?;
+        if acked < u64::from(replicas) {
+            return Err(Error::unavailable(format!(
+                "journal append {id} reached {acked} of {replicas} replicas within {timeout:?}: \
+                 not acknowledged (it may still be written)"
+            )));
+        }
+        Ok(id)
     }
 
     async fn read(

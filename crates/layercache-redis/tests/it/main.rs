@@ -8,6 +8,7 @@ mod costs;
 mod faults;
 mod ordering;
 mod plain;
+mod replication;
 #[cfg(feature = "tls")]
 mod tls;
 
