@@ -1,7 +1,7 @@
 //! The journal's bound on what a failover loses (`RedisWriteJournalBuilder::wait_for_replicas`),
-//! on a Redis Cluster of 3 primaries with a replica each: an append waits for the replica (`WAIT`
-//! in its round trip), fails while no replica acknowledges it, and an acknowledged append
-//! survives its primary's SIGKILL.
+//! on a Redis Cluster of 3 primaries with a replica each and on one server with a replica: an
+//! append waits for the replica (`WAIT` in its round trip), fails while no replica acknowledges
+//! it, and an acknowledged append survives its primary's SIGKILL.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use layercache_core::{ErrorKind, JournalOp, Key, WriteJournal};
 use layercache_redis::RedisWriteJournal;
-use layercache_testkit::RedisCluster;
+use layercache_testkit::{RedisCluster, RedisServer};
 
 const STREAM: &str = "wb:replicated";
 /// A generous bound on what must end: past it the test fails instead of hanging.
@@ -207,4 +207,61 @@ async fn appends_acknowledged_by_a_replica_survive_their_primary_s_sigkill() {
         .append(&key(14), JournalOp::Put, b"{}")
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_server_appends_wait_for_its_replica() {
+    let (primary, replica) = (RedisServer::start(), RedisServer::start());
+    let mut admin = redis::Client::open(replica.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg(primary.host())
+        .arg(primary.port())
+        .query(&mut admin)
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut admin)
+            .unwrap();
+        if info.contains("master_link_status:up") && info.contains("master_sync_in_progress:0") {
+            break;
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "the replica never synced: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let journal = |timeout| {
+        RedisWriteJournal::builder(primary.url(), STREAM)
+            .command_timeout(Duration::from_secs(2))
+            .wait_for_replicas(1, timeout)
+            .connect()
+    };
+    let (waiting, impatient) = (
+        journal(Duration::from_secs(2)).await.unwrap(),
+        journal(Duration::from_millis(300)).await.unwrap(),
+    );
+    let id = waiting
+        .append(&key(0), JournalOp::Put, b"{}")
+        .await
+        .unwrap();
+    let on_replica: Vec<String> = redis::cmd("XRANGE")
+        .arg(STREAM)
+        .arg("-")
+        .arg("+")
+        .query::<redis::streams::StreamRangeReply>(&mut admin)
+        .unwrap()
+        .ids
+        .into_iter()
+        .map(|entry| entry.id)
+        .collect();
+    assert_eq!(on_replica, vec![id], "acknowledged: on the replica already");
+    replica.pause();
+    refused_for_want_of_a_replica(&impatient).await;
+    replica.resume();
 }
