@@ -212,6 +212,18 @@ async fn appends_acknowledged_by_a_replica_survive_their_primary_s_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_one_server_appends_wait_for_its_replica() {
     let (primary, replica) = (RedisServer::start(), RedisServer::start());
+    // The first sync starts at once, not after the default 5 s wait for more replicas.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("repl-diskless-sync-delay")
+        .arg(0)
+        .query(
+            &mut redis::Client::open(primary.url())
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        )
+        .unwrap();
     let mut admin = redis::Client::open(replica.url())
         .unwrap()
         .get_connection()
