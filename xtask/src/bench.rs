@@ -358,7 +358,10 @@ fn summary(
                 // hit_ratio's lines are a Markdown table: keep them as one.
                 let _ = writeln!(out, "{}\n", block[0]);
                 for line in &block[1..] {
-                    let _ = writeln!(out, "{}", line.trim_start());
+                    let line = line.trim_start();
+                    // A line after the table is a paragraph of its own.
+                    let gap = if line.starts_with('|') { "" } else { "\n" };
+                    let _ = writeln!(out, "{gap}{line}");
                 }
                 let _ = writeln!(out);
             } else {
@@ -382,7 +385,8 @@ fn printed_blocks(lines: &[String]) -> Vec<Vec<String>> {
         if PRINTED_BLOCKS.iter().any(|start| line.starts_with(start)) {
             blocks.push(vec![line.clone()]);
             open = true;
-        } else if open && line.starts_with("  ") {
+        } else if open && line.starts_with("  ") && !line.starts_with("   ") {
+            // Two spaces: the benches' own lines; cargo's `     Running ...` has more.
             if let Some(block) = blocks.last_mut() {
                 block.push(line.clone());
             }
@@ -415,6 +419,7 @@ mod tests {
             "hit_ratio/l1_lru time: [1 ms]",
             "  indented but not in a block",
             "stampede: cold_1000 1000 loads",
+            "     Running benches/tiered_get.rs",
         ]
         .map(String::from)
         .to_vec();
