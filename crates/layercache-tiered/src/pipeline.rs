@@ -31,7 +31,7 @@ use layercache_stampede::{DistributedLock, EarlyExpiry, Joined, OnLockTimeout, S
 
 use crate::latency::GetOutcome;
 use crate::loaded::LoadFn;
-use crate::tiers::{Stored, Tiers};
+use crate::tiers::{Landing, Stored, Tiers};
 
 /// Where a flight's value came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +122,13 @@ pub(crate) async fn bounded<T>(
             }
         }
         _ => future.await,
+    }
+}
+
+/// Frees a distributed lock; a failure leaves it to expire with its lease.
+async fn release(guard: layercache_stampede::LockGuard, key: &Key) {
+    if let Err(error) = guard.release().await {
+        tracing::warn!(%key, %error, "could not release a lock; it expires with its lease");
     }
 }
 
@@ -274,7 +281,11 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         // for the allocator's fast path.
         match &self.lock {
             Some(lock) => Box::pin(self.locked_load(lock, &ticket, &options, previous, load)).await,
-            None => Box::pin(self.load(&ticket, &options, previous, load)).await,
+            None => {
+                Box::pin(self.load(&ticket, &options, previous, load, false))
+                    .await
+                    .0
+            }
         }
     }
 
@@ -301,15 +312,25 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
             match lock.try_lock(key).await {
                 Ok(Some(guard)) => {
                     // The previous holder may have stored its value just before we took the lock.
-                    let served = match fresh_in_l2().await {
+                    let (served, landing) = match fresh_in_l2().await {
                         Some(entry) => {
                             self.tiers.refill(ticket, &entry, self.now());
-                            Ok(Served::cached(entry.value))
+                            (Ok(Served::cached(entry.value)), None)
                         }
-                        None => self.load(ticket, options, previous, load).await,
+                        None => self.load(ticket, options, previous, load, true).await,
                     };
-                    if let Err(error) = guard.release().await {
-                        tracing::warn!(%key, %error, "could not release a lock; it expires with its lease");
+                    match landing {
+                        // The lock is freed once the value is in L2, where the processes waiting
+                        // for it look: freed sooner, one of them would take it, miss L2 and load
+                        // again. The caller does not wait for that.
+                        Some(landing) => {
+                            let key = key.clone();
+                            tokio::spawn(async move {
+                                landing.wait(&key).await;
+                                release(guard, &key).await;
+                            });
+                        }
+                        None => release(guard, key).await,
                     }
                     return served;
                 }
@@ -362,18 +383,20 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                 Ok(Served::stale(servable.value.clone()))
             }
             (OnLockTimeout::Fail, None) => Err(error),
-            _ => self.load(ticket, options, previous, load).await,
+            _ => self.load(ticket, options, previous, load, false).await.0,
         }
     }
 
-    /// Layers 4c–4e: the loader under the hard timeout, fail-safe, and the store.
+    /// Layers 4c–4e: the loader under the hard timeout, fail-safe, and the store. With `track`,
+    /// the L2 store of a loaded value comes back as a [`Landing`] (see [`Tiers::store_tracked`]).
     async fn load(
         &self,
         ticket: &Ticket,
         options: &EntryOptions,
         previous: Option<Stored<V>>,
         load: impl LoadFn<V>,
-    ) -> Result<Served<V>> {
+        track: bool,
+    ) -> (Result<Served<V>>, Option<Landing>) {
         let key = ticket.key();
         let counters = &self.tiers.counters;
         counters.bump_loads();
@@ -386,6 +409,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         match loaded {
             Ok(loaded) => {
                 let (value, own_options) = loaded.into_parts();
+                let mut landing = None;
                 if let Some(entry) = self.entry_for(
                     key,
                     value.clone(),
@@ -393,16 +417,16 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
                     options,
                     (began, started),
                 ) {
-                    self.tiers.store(ticket, entry).await;
+                    landing = self.tiers.store_tracked(ticket, entry, track).await;
                 }
-                Ok(Served::loaded(value))
+                (Ok(Served::loaded(value)), landing)
             }
             Err(error) => {
                 counters.bump_load_errors();
                 if error.kind() == layercache_core::ErrorKind::Timeout {
                     counters.bump_hard_timeouts();
                 }
-                self.fail_safe(ticket, options, previous, error).await
+                (self.fail_safe(ticket, options, previous, error).await, None)
             }
         }
     }

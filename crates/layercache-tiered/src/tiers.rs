@@ -57,6 +57,19 @@ impl<V> std::fmt::Debug for Tiers<V> {
     }
 }
 
+/// An L2 store of a loaded value under way in the background; see [`Tiers::store_tracked`].
+pub(crate) struct Landing(oneshot::Receiver<Result<bool>>);
+
+impl Landing {
+    /// Waits until the store is done (or failed: a failure is only logged — the value was
+    /// served, and the lane retries or gives up within its bounds).
+    pub(crate) async fn wait(self, key: &Key) {
+        if let Err(error) = landed(self.0).await {
+            tracing::debug!(%key, %error, "storing a loaded value in L2 failed; serving it anyway");
+        }
+    }
+}
+
 async fn landed(rx: oneshot::Receiver<Result<bool>>) -> Result<bool> {
     rx.await
         .unwrap_or_else(|_| Err(Error::unavailable("the L2 write was dropped unfinished")))
@@ -208,16 +221,28 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
     /// Stores a loaded entry: L1 at once, L2 through the key's lane, unless a write of the key
     /// began since `ticket` was taken. With no L1, waits until L2 has it (L2 is the only copy).
     pub(crate) async fn store(&self, ticket: &Ticket, entry: Stored<V>) {
+        let _ = self.store_tracked(ticket, entry, false).await;
+    }
+
+    /// [`store`](Self::store); with `track`, the L2 store that goes on in the background (there
+    /// is an L1) is handed back as a [`Landing`] the caller can wait for elsewhere — the lock
+    /// holder does, to free the lock only once other processes can read the value in L2.
+    pub(crate) async fn store_tracked(
+        &self,
+        ticket: &Ticket,
+        entry: Stored<V>,
+        track: bool,
+    ) -> Option<Landing> {
         let key = ticket.key();
         if self.epochs.invalidate(key, &entry.meta) {
             self.counters.bump_stores_skipped();
-            return;
+            return None;
         }
         if let Err(error) = self.check_size(&entry) {
             // Served to its caller, cached nowhere: L2 would refuse it, and an L1 copy would be
             // an entry no other instance can share.
             tracing::warn!(%key, %error, "a loaded value is not cached");
-            return;
+            return None;
         }
         let committed = ticket.commit(|| {
             if let Some(l1) = &self.l1 {
@@ -226,25 +251,27 @@ impl<V: Clone + Send + Sync + 'static> Tiers<V> {
             let Some(lanes) = &self.lanes else {
                 return (None, Leftover::none());
             };
-            let (done, landing) = match self.l1 {
-                Some(_) => (None, None),
-                None => {
-                    let (tx, rx) = oneshot::channel();
-                    (Some(tx), Some(rx))
-                }
+            let (done, landing) = if self.l1.is_none() || track {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(Landing(rx)))
+            } else {
+                (None, None)
             };
             let write = Queued::new(L2Op::Store(entry), done, None);
             (landing, lanes.enqueue(key, write))
         });
         let Some((landing, leftover)) = committed else {
             self.counters.bump_stores_skipped();
-            return;
+            return None;
         };
         leftover.complete();
-        if let Some(landing) = landing
-            && let Err(error) = landed(landing).await
-        {
-            tracing::debug!(%key, %error, "storing a loaded value in L2 failed; serving it anyway");
+        match landing {
+            // No L1: the caller's value lives in L2 only, so the caller waits for it.
+            Some(landing) if self.l1.is_none() => {
+                landing.wait(key).await;
+                None
+            }
+            landing => landing,
         }
     }
 

@@ -11,6 +11,7 @@ mod faults;
 mod large;
 mod latency;
 mod linearizable;
+mod lock;
 mod memory;
 mod metrics;
 mod processes;
