@@ -71,6 +71,8 @@ const ZIPF_S: f64 = 0.99;
 const SEED: u64 = 0x5EED_0009_2F1F_0099;
 /// L1 bound (entries) of `raw_prototype` and `tiered`.
 const L1_MAX_ENTRIES: u64 = 10_000;
+/// The bound on one Redis reply, for `tiered` (its L2 timeout) and `raw_prototype` alike.
+const L2_TIMEOUT: Duration = Duration::from_secs(1);
 /// Long enough that nothing expires during the run.
 const TTL: Duration = Duration::from_secs(3600);
 /// Keys per pipelined write when filling Redis.
@@ -350,7 +352,7 @@ fn tiered_cache(
         .redis_url(url)
         .l1_max_entries(L1_MAX_ENTRIES)
         .options(EntryOptions::new(TTL))
-        .l2_timeout(Duration::from_secs(1));
+        .l2_timeout(L2_TIMEOUT);
     let builder = if l1 { builder } else { builder.without_l1() };
     Arc::new(builder.build().expect("tiered cache"))
 }
@@ -367,9 +369,14 @@ fn workload_zipf(c: &mut Criterion) {
             l1: moka::future::Cache::builder()
                 .max_capacity(L1_MAX_ENTRIES)
                 .build(),
-            redis: ConnectionManager::new(client)
-                .await
-                .expect("redis connection"),
+            // The same bound on a Redis reply as `tiered`'s L2 timeout (redis-rs's default is
+            // shorter, and a busy machine then fails the prototype's GETs first).
+            redis: ConnectionManager::new_with_config(
+                client,
+                redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(L2_TIMEOUT)),
+            )
+            .await
+            .expect("redis connection"),
             raw_keys: Arc::clone(&fx.raw_keys),
         }
     });
