@@ -130,11 +130,11 @@ where
         Box::pin(async move {
             let decision = limiter.check(&key).await;
             if !decision.allowed {
-                return Ok(refusal(&decision));
+                return Ok(refusal(&limiter, &decision));
             }
             let mut response = inner.call(req).await?;
             if decision.source != DecisionSource::Unavailable {
-                quota_headers(response.headers_mut(), &decision);
+                quota_headers(response.headers_mut(), &limiter, &decision);
             }
             Ok(response)
         })
@@ -151,38 +151,90 @@ fn seconds(duration: Duration) -> u64 {
     }
 }
 
-fn quota_headers(headers: &mut HeaderMap, decision: &Decision) {
-    headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(decision.limit));
-    headers.insert(
-        RATELIMIT_REMAINING.clone(),
-        HeaderValue::from(decision.remaining),
-    );
-    headers.insert(
-        RATELIMIT_RESET.clone(),
-        HeaderValue::from(seconds(decision.reset)),
-    );
+/// How many numbers [`number`] serves from [`DIGITS`]: remaining counts, resets and retries of
+/// usual limits (100 per second, 1,000 per hour) are below it.
+const SMALL: usize = 1000;
+const DIGITS_LEN: usize = 10 + 90 * 2 + 900 * 3;
+
+/// `"0123456789101112…999"`: the decimal digits of every number below [`SMALL`], in order,
+/// written at compile time.
+static DIGITS: [u8; DIGITS_LEN] = small_numbers();
+
+/// Where `n`'s digits start in [`DIGITS`], and how many there are (`n < SMALL`).
+const fn digits_of(n: usize) -> (usize, usize) {
+    match n {
+        0..=9 => (n, 1),
+        10..=99 => (10 + (n - 10) * 2, 2),
+        _ => (190 + (n - 100) * 3, 3),
+    }
+}
+
+const fn small_numbers() -> [u8; DIGITS_LEN] {
+    let mut digits = [0; DIGITS_LEN];
+    let mut n = 0;
+    while n < SMALL {
+        let (start, len) = digits_of(n);
+        let (mut rest, mut i) = (n, len);
+        while i > 0 {
+            i -= 1;
+            digits[start + i] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        n += 1;
+    }
+    digits
+}
+
+/// A header value for `n`: static below [`SMALL`] (no allocation, nothing to free), formatted
+/// above (`HeaderValue::from` allocates its buffer).
+pub(super) fn number(n: u64) -> HeaderValue {
+    let small = usize::try_from(n)
+        .ok()
+        .filter(|&n| n < SMALL)
+        .and_then(|n| {
+            let (start, len) = digits_of(n);
+            let digits = DIGITS.get(start..start + len)?;
+            std::str::from_utf8(digits).ok()
+        });
+    match small {
+        Some(digits) => HeaderValue::from_static(digits),
+        None => HeaderValue::from(n),
+    }
+}
+
+fn quota_headers(headers: &mut HeaderMap, limiter: &RateLimiter, decision: &Decision) {
+    headers.insert(RATELIMIT_LIMIT.clone(), limiter.limit_header().clone());
+    headers.insert(RATELIMIT_REMAINING.clone(), number(decision.remaining));
+    headers.insert(RATELIMIT_RESET.clone(), number(seconds(decision.reset)));
 }
 
 /// The limiter's answer to a refused request: 429 over the limit, 503 when Redis could not say
 /// and the limiter fails closed.
-fn refusal<ResBody: Default>(decision: &Decision) -> Response<ResBody> {
+fn refusal<ResBody: Default>(limiter: &RateLimiter, decision: &Decision) -> Response<ResBody> {
     let mut response = Response::new(ResBody::default());
     let retry = decision.retry_after.unwrap_or(decision.reset);
     if decision.source == DecisionSource::Unavailable {
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     } else {
         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        quota_headers(response.headers_mut(), decision);
+        quota_headers(response.headers_mut(), limiter, decision);
     }
-    let retry = HeaderValue::from(seconds(retry).max(1));
+    let retry = number(seconds(retry).max(1));
     response.headers_mut().insert(RETRY_AFTER, retry);
     response
 }
 
 #[cfg(test)]
 mod tests {
-    use super::seconds;
+    use super::{HeaderValue, SMALL, number, seconds};
     use std::time::Duration;
+
+    #[test]
+    fn numbers_are_their_decimal_digits() {
+        for n in (0..SMALL as u64 + 20).chain([u64::from(u32::MAX), u64::MAX]) {
+            assert_eq!(number(n), HeaderValue::from(n), "{n}");
+        }
+    }
 
     #[test]
     fn seconds_round_up() {

@@ -1,7 +1,7 @@
 //! A rate limiter as a tower `Layer`, backed by Redis.
 //!
 //! Each request costs one atomic round trip: an `EVALSHA` of the algorithm's Lua script (loaded
-//! again by redis-rs when the server answers `NOSCRIPT`) on one key, `<prefix><algorithm>:<key>`,
+//! again when the server answers `NOSCRIPT`) on one key, `<prefix><algorithm>:<key>`,
 //! so it works on Redis Cluster without `CROSSSLOT`. Time is the server's (`TIME` inside the
 //! script, or the key's TTL), so every instance agrees.
 //!
@@ -76,6 +76,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use http::HeaderValue;
 use layercache_core::{Error, Result};
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -83,6 +84,7 @@ use redis::cluster_async::ClusterConnection;
 
 use fallback::LocalLimiter;
 pub use layer::{RateLimitLayer, RateLimitService, ResponseFuture};
+use scripts::Invocation;
 
 /// The key prefix of every limiter key unless [`RateLimiterBuilder::key_prefix`] says otherwise.
 pub const DEFAULT_KEY_PREFIX: &str = "layercache:ratelimit:";
@@ -205,10 +207,14 @@ enum Conn {
 }
 
 impl Conn {
-    async fn eval(&self, invocation: &redis::ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
+    async fn eval(
+        &self,
+        invocation: &Invocation,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<redis::Value> {
         match self {
-            Conn::Single(manager) => invocation.invoke_async(&mut manager.clone()).await,
-            Conn::Cluster(cluster) => invocation.invoke_async(&mut cluster.clone()).await,
+            Conn::Single(manager) => invocation.run(&mut manager.clone(), cmd).await,
+            Conn::Cluster(cluster) => invocation.run(&mut cluster.clone(), cmd).await,
         }
     }
 }
@@ -364,11 +370,18 @@ impl RateLimiterBuilder {
             Algorithm::Gcra => self.emission_interval_us(),
             Algorithm::FixedWindow | Algorithm::SlidingWindow => window_ms,
         };
+        let key_prefix = format!("{}{}:", self.key_prefix, self.algorithm.name());
         RateLimiter {
             inner: Arc::new(Inner {
                 fallback: LocalLimiter::new(self.limit, self.window, self.fallback_max_keys),
-                key_prefix: format!("{}{}:", self.key_prefix, self.algorithm.name()),
+                invocation: Invocation::new(
+                    self.algorithm.script(),
+                    key_prefix,
+                    self.limit,
+                    second_arg,
+                ),
                 second_arg,
+                limit_header: layer::number(self.limit),
                 conn,
                 counters: Counters::default(),
                 started: Instant::now(),
@@ -389,10 +402,12 @@ pub struct RateLimiter {
 
 struct Inner {
     settings: RateLimiterBuilder,
-    /// `<prefix><algorithm>:`, the start of every key.
-    key_prefix: String,
+    /// The script, the key prefix and the arguments, formatted once.
+    invocation: Invocation,
     /// The script's second argument: the window (ms), or GCRA's emission interval (µs).
     second_arg: u64,
+    /// `RateLimit-Limit`, the same on every response: cloned, not formatted, per response.
+    limit_header: HeaderValue,
     conn: Conn,
     fallback: LocalLimiter,
     counters: Counters,
@@ -453,10 +468,16 @@ impl RateLimiter {
     }
 
     fn full_key(&self, key: &str) -> String {
-        let mut full = String::with_capacity(self.inner.key_prefix.len() + key.len());
-        full.push_str(&self.inner.key_prefix);
+        let prefix = self.inner.invocation.key_prefix();
+        let mut full = String::with_capacity(prefix.len() + key.len());
+        full.push_str(prefix);
         full.push_str(key);
         full
+    }
+
+    /// The `RateLimit-Limit` header value.
+    fn limit_header(&self) -> &HeaderValue {
+        &self.inner.limit_header
     }
 
     /// Counts one request of `key` and decides. Never fails and never waits longer than the
@@ -486,16 +507,18 @@ impl RateLimiter {
 
     async fn ask_redis(&self, key: &str) -> Result<Decision> {
         let inner = &*self.inner;
-        let mut invocation = self.script().prepare_invoke();
-        invocation
-            .key(self.full_key(key))
-            .arg(inner.settings.limit)
-            .arg(inner.second_arg);
-        let answer = tokio::time::timeout(inner.settings.timeout, inner.conn.eval(&invocation))
+        let cmd = inner
+            .invocation
+            .command(key)
+            .map_err(|e| Error::codec("rate limit: cannot write the command").with_source(e))?;
+        // Our own bound, not redis-rs's response timeout: that one covers the round trip only,
+        // while a `ConnectionManager` that is reconnecting keeps a request waiting before it.
+        let eval = inner.conn.eval(&inner.invocation, &cmd);
+        let answer = tokio::time::timeout(inner.settings.timeout, eval)
             .await
             .map_err(|_| Error::timeout("rate limit: redis did not answer in time"))?
             .map_err(|e| Error::unavailable("rate limit: redis call failed").with_source(e))?;
-        let &[allowed, remaining, reset_ms, retry_ms] = answer.as_slice() else {
+        let Some([allowed, remaining, reset_ms, retry_ms]) = scripts::answer(&answer) else {
             return Err(Error::codec("rate limit: unexpected script answer"));
         };
         let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
@@ -515,7 +538,9 @@ impl RateLimiter {
     }
 
     fn redis_skipped(&self) -> bool {
-        self.now_ms() < self.inner.redis_after_ms.load(Ordering::Relaxed)
+        // Zero until the first failure: a healthy limiter never reads the clock.
+        let until = self.inner.redis_after_ms.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
     }
 
     fn skip_redis(&self, error: &Error) {

@@ -1,10 +1,16 @@
 //! The three Lua scripts, one per algorithm. Each touches exactly one key (`KEYS[1]`), so a Redis
 //! Cluster runs it on the key's node without `CROSSSLOT`, and answers in one round trip:
 //! `{allowed (0 or 1), remaining, reset_ms, retry_after_ms}`.
+//!
+//! [`Invocation`] sends them: it writes each request's `EVALSHA` straight into the command
+//! redis-rs sends (the key from its two parts, the arguments formatted once at build), where
+//! `Script::invoke_async` would first copy the key and every argument into vectors of their own.
 
+use std::io::Write as _;
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, RedisResult, RedisWrite as _, Script, ServerErrorKind, Value};
 
 /// Fixed window: `INCR`, and `PEXPIRE` when the count has no expiry yet (the key's first request
 /// of a window). The window starts at a key's first request and ends when Redis expires the key,
@@ -98,3 +104,131 @@ return {1, math.floor((burst - ahead) / interval), math.ceil(ahead / 1000), 0}
 ",
     )
 });
+
+/// What a limiter sends per request, minus the key: the script and its two arguments, formatted
+/// once.
+#[derive(Debug)]
+pub(crate) struct Invocation {
+    script: &'static Script,
+    /// `<prefix><algorithm>:`, the start of every key.
+    key_prefix: String,
+    /// `ARGV[1]`, the limit.
+    limit: String,
+    /// `ARGV[2]`: the window (ms), or GCRA's emission interval (µs).
+    second: String,
+}
+
+impl Invocation {
+    pub(crate) fn new(
+        script: &'static Script,
+        key_prefix: String,
+        limit: u64,
+        second: u64,
+    ) -> Self {
+        Invocation {
+            script,
+            key_prefix,
+            limit: limit.to_string(),
+            second: second.to_string(),
+        }
+    }
+
+    pub(crate) fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// `EVALSHA <sha1> 1 <prefix><key> <limit> <second>`, in one buffer sized up front.
+    pub(crate) fn command(&self, key: &str) -> std::io::Result<Cmd> {
+        let hash = self.script.get_hash();
+        let size = "EVALSHA".len()
+            + hash.len()
+            + 1
+            + self.key_prefix.len()
+            + key.len()
+            + self.limit.len()
+            + self.second.len();
+        let mut cmd = Cmd::with_capacity(6, size);
+        cmd.arg("EVALSHA").arg(hash).arg("1");
+        {
+            let mut full_key = cmd.writer_for_next_arg();
+            full_key.write_all(self.key_prefix.as_bytes())?;
+            full_key.write_all(key.as_bytes())?;
+        }
+        cmd.arg(self.limit.as_str()).arg(self.second.as_str());
+        Ok(cmd)
+    }
+
+    /// Runs `cmd`; when the server does not know the script (`NOSCRIPT`: a restart, a
+    /// `SCRIPT FLUSH`, a new cluster node), loads it and runs `cmd` again, as
+    /// `Script::invoke_async` does.
+    pub(crate) async fn run<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        cmd: &Cmd,
+    ) -> RedisResult<Value> {
+        match send(conn, cmd).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.load_async(conn).await?;
+                send(conn, cmd).await
+            }
+            answer => answer,
+        }
+    }
+}
+
+/// `Cmd::query_async` without its walk of the reply for nested errors, which rebuilds every
+/// array: a script's error (`NOSCRIPT`, a Lua error) is the whole reply, never an element.
+async fn send<C: ConnectionLike>(conn: &mut C, cmd: &Cmd) -> RedisResult<Value> {
+    match conn.req_packed_command(cmd).await? {
+        Value::ServerError(error) => Err(error.into()),
+        value => Ok(value),
+    }
+}
+
+/// The script's answer, `{allowed, remaining, reset_ms, retry_after_ms}`, read in place.
+pub(crate) fn answer(value: &Value) -> Option<[i64; 4]> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    let [allowed, remaining, reset, retry] = items.as_slice() else {
+        return None;
+    };
+    let int = |v: &Value| match v {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    };
+    Some([int(allowed)?, int(remaining)?, int(reset)?, int(retry)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_is_the_evalsha_of_script_invoke() {
+        let invocation = Invocation::new(&GCRA, "app:gcra:".to_owned(), 100, 10_000);
+        let ours = invocation
+            .command("client-7")
+            .map(|cmd| cmd.get_packed_command());
+        // What `ScriptInvocation::eval_cmd` writes: EVALSHA, the hash, the number of keys, the
+        // keys, the arguments.
+        let expected = redis::cmd("EVALSHA")
+            .arg(GCRA.get_hash())
+            .arg(1)
+            .arg("app:gcra:client-7")
+            .arg(100)
+            .arg(10_000)
+            .get_packed_command();
+        assert_eq!(ours.ok(), Some(expected));
+    }
+
+    #[test]
+    fn answers_are_four_integers() {
+        let ints = |v: &[i64]| Value::Array(v.iter().copied().map(Value::Int).collect());
+        assert_eq!(answer(&ints(&[1, 99, 10, 0])), Some([1, 99, 10, 0]));
+        assert_eq!(answer(&ints(&[1, 99, 10])), None);
+        assert_eq!(answer(&Value::Int(1)), None);
+        let text = Value::Array(vec![Value::SimpleString("1".to_owned()); 4]);
+        assert_eq!(answer(&text), None);
+    }
+}
