@@ -129,6 +129,7 @@ const PRINTED_BLOCKS: &[&str] = &[
     "hit_ratio summary",
     "hit_ratio:",
     "stampede:",
+    "rate_limit interleaved",
 ];
 
 /// The target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
