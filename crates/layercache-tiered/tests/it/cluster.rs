@@ -288,11 +288,16 @@ async fn a_primary_killed_under_load_costs_callers_nothing_and_l2_hits_resume() 
                     match cache.get_or_load_from(key, &source).await {
                         Ok(Some(_)) => {}
                         other => {
-                            eprintln!("read error: {other:?}");
-                            read_errors.fetch_add(1, Ordering::Relaxed);
+                            // The first few only: the test's output is kept in memory.
+                            if read_errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                                eprintln!("read error: {other:?}");
+                            }
                         }
                     }
                 }
+                // A read served from L1 (or failing fast) completes without waiting: yield, so
+                // that the other tasks, the sampler and a cancellation get their turn.
+                tokio::task::yield_now().await;
             }
         });
     }
