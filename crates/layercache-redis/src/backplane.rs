@@ -103,13 +103,7 @@ impl RedisPubSubBuilder {
                 "the redis backplane must be built within a tokio runtime",
             ));
         }
-        let urls: Vec<String> = self
-            .cluster
-            .clone()
-            .unwrap_or_else(|| vec![self.url.clone()]);
-        if urls.is_empty() {
-            return Err(Error::config("a Redis Cluster needs at least one node URL"));
-        }
+        let urls = crate::url::node_urls(self.cluster.as_deref(), &self.url)?;
         self.root_ca.check(urls.iter().map(String::as_str))?;
         let clients = urls
             .iter()

@@ -118,13 +118,7 @@ impl RedisTrackingBuilder {
         if self.prefixes.iter().any(String::is_empty) {
             return Err(Error::config("a tracking prefix must not be empty"));
         }
-        let urls: Vec<String> = self
-            .cluster
-            .clone()
-            .unwrap_or_else(|| vec![self.url.clone()]);
-        if urls.is_empty() {
-            return Err(Error::config("a Redis Cluster needs at least one node URL"));
-        }
+        let urls = crate::url::node_urls(self.cluster.as_deref(), &self.url)?;
         self.root_ca.check(urls.iter().map(String::as_str))?;
         // RESP3 is what carries push messages.
         let clients = urls

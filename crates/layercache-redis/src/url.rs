@@ -20,6 +20,21 @@ pub(crate) fn redact(url: &str) -> String {
 
 /// Whether `url` asks for TLS (`rediss://`).
 #[cfg(feature = "tls")]
+/// The URLs a transport connects to: the cluster's nodes when it was given some, else `url`. A
+/// cluster without nodes is a `Config` error.
+pub(crate) fn node_urls(
+    cluster: Option<&[String]>,
+    url: &str,
+) -> layercache_core::Result<Vec<String>> {
+    match cluster {
+        Some([]) => Err(layercache_core::Error::config(
+            "a Redis Cluster needs at least one node URL",
+        )),
+        Some(nodes) => Ok(nodes.to_vec()),
+        None => Ok(vec![url.to_owned()]),
+    }
+}
+
 pub(crate) fn is_tls(url: &str) -> bool {
     url.get(..9)
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
