@@ -18,8 +18,6 @@ pub(crate) fn redact(url: &str) -> String {
     format!("{}{}@{}", &url[..scheme_end + 3], user, &rest[at + 1..])
 }
 
-/// Whether `url` asks for TLS (`rediss://`).
-#[cfg(feature = "tls")]
 /// The URLs a transport connects to: the cluster's nodes when it was given some, else `url`. A
 /// cluster without nodes is a `Config` error.
 pub(crate) fn node_urls(
@@ -35,6 +33,8 @@ pub(crate) fn node_urls(
     }
 }
 
+/// Whether `url` asks for TLS (`rediss://`).
+#[cfg(feature = "tls")]
 pub(crate) fn is_tls(url: &str) -> bool {
     url.get(..9)
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
