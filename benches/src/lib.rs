@@ -10,6 +10,8 @@
 
 use std::time::Duration;
 
+pub mod data;
+
 use serde::{Deserialize, Serialize};
 
 /// The environment variable that shortens every group's timing (any value but `0` or empty).

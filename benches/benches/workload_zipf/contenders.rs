@@ -1,0 +1,242 @@
+//! What serves the requests: one [`Contender`] per id, all driven by the same [`run_chunk`].
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use benches::Payload;
+use layercache_core::EntryOptions;
+use layercache_tiered::TieredCache;
+use redis::aio::ConnectionManager;
+use tokio::task::JoinSet;
+
+use crate::fixture::{CHECK_EVERY, CHUNK, Fixture, L1_MAX_ENTRIES, L2_TIMEOUT, TASKS, TTL};
+use crate::tally::{Tally, ratio};
+
+/// The answer to one request.
+pub(crate) struct Served {
+    /// The `id` field of the value served (checked against the key's number).
+    pub(crate) id: u64,
+    /// Whether the contender's in-process cache answered, when it can tell per request.
+    pub(crate) l1_hit: bool,
+}
+
+/// A way to serve the trace's requests. Each task gets its own clone.
+pub(crate) trait Contender: Clone + Send + Sync + 'static {
+    /// The value of key number `id` (every key is in Redis beforehand).
+    fn get(&mut self, id: u64) -> impl Future<Output = Served> + Send;
+
+    /// Checks the contender's own account of the run (after the criterion pass) and returns its
+    /// in-process hit ratio over the `tally`'s requests, `None` without an in-process tier.
+    fn finish(&self, id: &str, tally: &Tally) -> Option<f64>;
+}
+
+/// A [`Contender`] behind a trait object, so the ids can sit in one list.
+pub(crate) trait Runner: Send + Sync {
+    /// Serves `CHUNK` requests of `trace` from `start` with `TASKS` tasks; returns the elapsed
+    /// time.
+    fn run_chunk<'a>(
+        &'a self,
+        trace: &'a Arc<Vec<u32>>,
+        start: usize,
+        tally: &'a Arc<Tally>,
+    ) -> Pin<Box<dyn Future<Output = Duration> + Send + 'a>>;
+
+    /// [`Contender::finish`].
+    fn finish(&self, id: &str, tally: &Tally) -> Option<f64>;
+}
+
+impl<C: Contender> Runner for C {
+    fn run_chunk<'a>(
+        &'a self,
+        trace: &'a Arc<Vec<u32>>,
+        start: usize,
+        tally: &'a Arc<Tally>,
+    ) -> Pin<Box<dyn Future<Output = Duration> + Send + 'a>> {
+        Box::pin(run_chunk(self, trace, start, tally))
+    }
+
+    fn finish(&self, id: &str, tally: &Tally) -> Option<f64> {
+        Contender::finish(self, id, tally)
+    }
+}
+
+/// Task `t` takes requests `start + t`, `start + t + TASKS`, ... of the chunk; every
+/// `CHECK_EVERY`th request of the trace checks its value.
+async fn run_chunk<C: Contender>(
+    contender: &C,
+    trace: &Arc<Vec<u32>>,
+    start: usize,
+    tally: &Arc<Tally>,
+) -> Duration {
+    let began = Instant::now();
+    let mut tasks = JoinSet::new();
+    for t in 0..TASKS {
+        let (mut contender, trace, tally) =
+            (contender.clone(), Arc::clone(trace), Arc::clone(tally));
+        tasks.spawn(async move {
+            let mut hits = 0_u64;
+            for i in (start + t..start + CHUNK).step_by(TASKS) {
+                let id = u64::from(trace[i]);
+                let served = contender.get(id).await;
+                hits += u64::from(served.l1_hit);
+                if i.is_multiple_of(CHECK_EVERY) {
+                    tally.check(served.id == id);
+                }
+            }
+            tally.add_l1_hits(hits);
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    began.elapsed()
+}
+
+/// `raw_prototype`, the hand-written cache-aside (no code of ours): `moka::future::Cache<u64,
+/// Arc<Payload>>` in front of one redis-rs `ConnectionManager`; on a miss, GET the plain JSON,
+/// `serde_json::from_slice`, insert.
+#[derive(Clone)]
+pub(crate) struct RawPrototype {
+    l1: moka::future::Cache<u64, Arc<Payload>>,
+    redis: RedisAlone,
+}
+
+impl RawPrototype {
+    pub(crate) async fn new(url: &str, fx: &Fixture) -> Self {
+        RawPrototype {
+            l1: moka::future::Cache::builder()
+                .max_capacity(L1_MAX_ENTRIES)
+                .build(),
+            redis: RedisAlone::new(url, fx).await,
+        }
+    }
+}
+
+impl Contender for RawPrototype {
+    async fn get(&mut self, id: u64) -> Served {
+        if let Some(hit) = self.l1.get(&id).await {
+            return Served {
+                id: black_box(hit).id,
+                l1_hit: true,
+            };
+        }
+        let value = Arc::new(self.redis.fetch(id).await);
+        self.l1.insert(id, Arc::clone(&value)).await;
+        Served {
+            id: black_box(value).id,
+            l1_hit: false,
+        }
+    }
+
+    fn finish(&self, _id: &str, tally: &Tally) -> Option<f64> {
+        Some(ratio(tally.l1_hits(), tally.requests()))
+    }
+}
+
+/// `redis_rs_alone`: the same hand-written cache-aside without moka: a GET of the plain JSON and
+/// `serde_json::from_slice` on every request.
+#[derive(Clone)]
+pub(crate) struct RedisAlone {
+    redis: ConnectionManager,
+    raw_keys: Arc<Vec<String>>,
+}
+
+impl RedisAlone {
+    pub(crate) async fn new(url: &str, fx: &Fixture) -> Self {
+        let client = redis::Client::open(url).expect("redis url");
+        // The same bound on a Redis reply as `tiered`'s L2 timeout (redis-rs's default is
+        // shorter, and a busy machine then fails the hand-written GETs first).
+        let config =
+            redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(L2_TIMEOUT));
+        RedisAlone {
+            redis: ConnectionManager::new_with_config(client, config)
+                .await
+                .expect("redis connection"),
+            raw_keys: Arc::clone(&fx.raw_keys),
+        }
+    }
+
+    async fn fetch(&mut self, id: u64) -> Payload {
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.raw_keys[id as usize].as_str())
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+        serde_json::from_slice::<Payload>(&bytes.expect("in redis")).unwrap()
+    }
+}
+
+impl Contender for RedisAlone {
+    async fn get(&mut self, id: u64) -> Served {
+        let value = self.fetch(id).await;
+        Served {
+            id: black_box(value).id,
+            l1_hit: false,
+        }
+    }
+
+    fn finish(&self, _id: &str, _tally: &Tally) -> Option<f64> {
+        None
+    }
+}
+
+/// `tiered` and `l2_only`: `TieredCache::<Arc<Payload>>` built as the README recommends (a value
+/// costly to clone behind an `Arc`; `.redis_url(..)`, `.l1_max_entries(L1_MAX_ENTRIES)`,
+/// `.options(EntryOptions::new(1 h))`, `.l2_timeout(1 s)`; `.without_l1()` for `l2_only`), read
+/// with `get_or_load` whose loader never runs (every key is in Redis; checked in `finish`).
+#[derive(Clone)]
+pub(crate) struct Tiered {
+    cache: Arc<TieredCache<Arc<Payload>>>,
+    keys: Arc<Vec<layercache_core::Key>>,
+    l1: bool,
+}
+
+impl Tiered {
+    pub(crate) fn new(rt: &tokio::runtime::Runtime, url: &str, fx: &Fixture, l1: bool) -> Self {
+        // `redis_url` connects lazily, which spawns onto the runtime: build inside it.
+        let _runtime_context = rt.enter();
+        let builder = TieredCache::<Arc<Payload>>::builder()
+            .redis_url(url)
+            .l1_max_entries(L1_MAX_ENTRIES)
+            .options(EntryOptions::new(TTL))
+            .l2_timeout(L2_TIMEOUT);
+        let builder = if l1 { builder } else { builder.without_l1() };
+        Tiered {
+            cache: Arc::new(builder.build().expect("tiered cache")),
+            keys: Arc::clone(&fx.keys),
+            l1,
+        }
+    }
+}
+
+impl Contender for Tiered {
+    async fn get(&mut self, id: u64) -> Served {
+        let value = self
+            .cache
+            .get_or_load(&self.keys[id as usize], |_key| async {
+                Ok::<_, layercache_core::Error>(None)
+            })
+            .await
+            .unwrap()
+            .expect("every key is in Redis");
+        Served {
+            id: black_box(value).id,
+            l1_hit: false,
+        }
+    }
+
+    fn finish(&self, id: &str, tally: &Tally) -> Option<f64> {
+        let stats = self.cache.stats();
+        assert_eq!(stats.loads, 0, "{id}: the loader ran: {stats:?}");
+        assert_eq!(stats.l2_misses, 0, "{id}: an L2 miss: {stats:?}");
+        assert_eq!(stats.l2_errors, 0, "{id}: an L2 error: {stats:?}");
+        eprintln!(
+            "  {id}: l1_hits {}, l1_misses {}, l2_hits {}, coalesced {}",
+            stats.l1_hits, stats.l1_misses, stats.l2_hits, stats.coalesced
+        );
+        self.l1.then(|| ratio(stats.l1_hits, tally.requests()))
+    }
+}
