@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: the criterion suite with short timings, then `target/bench-summary.md`.
+//! `cargo xtask bench`: the criterion suite with short timings, then `target/bench-summary.md` and
+//! the charts in `target/bench-charts/`.
 //!
 //! The benches shorten their own warm-up and measurement times when `LAYERCACHE_BENCH_QUICK` is
 //! set (criterion's `--measurement-time` does not override what a group sets; `benches/src/lib.rs`).
@@ -6,6 +7,16 @@
 //! copies the blocks the benches print there (`workload_zipf`'s ops/s and interleaved ratios,
 //! `hit_ratio`'s table, `stampede`'s load counts). Medians come from criterion's
 //! `target/criterion/<group>/<id>/new/estimates.json`, only those this run wrote.
+//!
+//! The benches run with `LAYERCACHE_BENCH_DATA=target/bench-data`, where the groups that measure
+//! more than criterion keeps (`workload_zipf`, `hit_ratio`) write their results as JSON
+//! (`benches::data`). After the run — also a failed one, with what ran — the report binary
+//! (`benches/report`, `layercache-bench-report`) draws `latency_by_tier.png`,
+//! `workload_zipf_ops.png` and `hit_ratio.png` into `target/bench-charts/` from the files this run
+//! wrote, and the summary lists them. `--charts-only` redraws the charts from whatever the last
+//! runs left (every group's latest files), without running the benches, and updates the summary's
+//! list. The charts' text needs DejaVu Sans (`fonts-dejavu-core`), installed with apt-get when
+//! missing and running as root, like redis-server.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -14,10 +25,21 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::SystemTime;
 
-use crate::{Error, Result, cargo, show, workspace_root};
+use crate::{Error, Result, apt_get, cargo, is_root, output, show, which, workspace_root};
 
 /// What makes the benches use short timings (read by `benches/src/lib.rs`).
 const QUICK_ENV: &str = "LAYERCACHE_BENCH_QUICK";
+/// Where the benches write their JSON results (read by `benches/src/data.rs`).
+const DATA_ENV: &str = "LAYERCACHE_BENCH_DATA";
+/// The package of the charts' binary.
+const REPORT_PACKAGE: &str = "layercache-bench-report";
+/// The font the charts draw text with (the report's default), its Debian package, and the variable
+/// naming another.
+const CHART_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+const CHART_FONT_PACKAGE: &str = "fonts-dejavu-core";
+const CHART_FONT_ENV: &str = "LAYERCACHE_CHART_FONT";
+/// The heading of the summary's list of charts (replaced by `--charts-only`).
+const CHARTS_HEADING: &str = "## Charts";
 
 /// The groups in the order of the summary; any other group found is listed after them.
 const GROUPS: &[&str] = &[
@@ -141,13 +163,20 @@ fn target_dir() -> PathBuf {
 }
 
 /// Runs `cargo bench -p benches -- ARGS` (quick timings unless ARGS has `--full`), then writes and
-/// prints the summary.
+/// prints the summary and draws the charts; with `--charts-only`, only the charts.
 pub(crate) fn bench(args: &[String]) -> Result {
+    if args.iter().any(|a| a == "--charts-only") {
+        return charts_only();
+    }
     let full = args.iter().any(|a| a == "--full");
     let args: Vec<&String> = args.iter().filter(|a| *a != "--full").collect();
     let started = SystemTime::now();
+    let target = target_dir();
     let mut command = cargo();
-    command.args(["bench", "-p", "benches", "--"]).args(&args);
+    command
+        .args(["bench", "-p", "benches", "--"])
+        .args(&args)
+        .env(DATA_ENV, target.join("bench-data"));
     if !full {
         command.env(QUICK_ENV, "1");
     }
@@ -158,7 +187,6 @@ pub(crate) fn bench(args: &[String]) -> Result {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::new(format!("could not start `{shown}`: {e}")))?;
-    let target = target_dir();
     fs::create_dir_all(&target).map_err(|e| Error::new(format!("{}: {e}", target.display())))?;
     let log_path = target.join("bench-output.log");
     let mut log = fs::File::create(&log_path)
@@ -192,15 +220,134 @@ pub(crate) fn bench(args: &[String]) -> Result {
              error is in target/bench-output.log."
         );
     }
+    // The charts of what ran, a failed run too.
+    let drawn = charts(&target, Some(started));
+    summary = with_charts(&summary, &charts_section(&drawn));
     let path = target.join("bench-summary.md");
     fs::write(&path, &summary).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
     println!("\n{summary}");
     println!("(written to {})", path.display());
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::new(format!("`{shown}` failed ({status})")))
+    if !status.success() {
+        return Err(Error::new(format!("`{shown}` failed ({status})")));
     }
+    drawn.map(|_| ())
+}
+
+/// `--charts-only`: the charts from what earlier runs left, and the summary's list of them.
+fn charts_only() -> Result {
+    let target = target_dir();
+    let drawn = charts(&target, None);
+    let section = charts_section(&drawn);
+    let path = target.join("bench-summary.md");
+    match fs::read_to_string(&path) {
+        Ok(summary) => {
+            fs::write(&path, with_charts(&summary, &section))
+                .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+            println!("\n{section}(the list is in {})", path.display());
+        }
+        // No summary yet: the list is printed only.
+        Err(_) => println!("\n{section}"),
+    }
+    drawn.map(|_| ())
+}
+
+/// What the report printed: a line per chart, `drew PATH` or `skipped NAME: why`.
+type Drawn = Result<Vec<String>>;
+
+/// Draws the charts of `target` into `target/bench-charts` with the report binary (only the files
+/// written since `since`, if given); returns the report's lines.
+fn charts(target: &Path, since: Option<SystemTime>) -> Drawn {
+    println!("\n==> charts");
+    ensure_chart_font()?;
+    let mut command = cargo();
+    command.args(["run", "--quiet", "-p", REPORT_PACKAGE, "--"]);
+    if let Some(since) = since {
+        let seconds = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        command.args(["--since", &seconds.to_string()]);
+    }
+    command.arg(target).arg(target.join("bench-charts"));
+    let stdout = output(&mut command)?;
+    let lines: Vec<String> = stdout.lines().map(String::from).collect();
+    for line in &lines {
+        println!("    {line}");
+    }
+    Ok(lines)
+}
+
+/// The summary's section listing the charts (paths relative to the workspace).
+fn charts_section(drawn: &Drawn) -> String {
+    let mut out = format!("{CHARTS_HEADING}\n\n");
+    match drawn {
+        Ok(lines) => {
+            // Paths relative to the workspace, as the rest of the summary gives them.
+            let root = format!("{}/", workspace_root().display());
+            for line in lines {
+                let line = line.replace(&root, "");
+                if let Some(path) = line.strip_prefix("drew ") {
+                    let _ = writeln!(out, "- `{path}`");
+                } else if !line.trim().is_empty() {
+                    let _ = writeln!(out, "- {line}");
+                }
+            }
+            if lines.is_empty() {
+                let _ = writeln!(out, "- (the report drew nothing)");
+            }
+        }
+        Err(error) => {
+            let _ = writeln!(out, "**The charts could not be drawn**: {error}");
+        }
+    }
+    out
+}
+
+/// `summary` with its charts section replaced by `section` (appended if it has none).
+fn with_charts(summary: &str, section: &str) -> String {
+    let Some(at) = summary.find(&format!("\n{CHARTS_HEADING}\n")) else {
+        let gap = if summary.is_empty() || summary.ends_with("\n\n") {
+            ""
+        } else if summary.ends_with('\n') {
+            "\n"
+        } else {
+            "\n\n"
+        };
+        return format!("{summary}{gap}{section}");
+    };
+    let start = at + 1;
+    let body = start + CHARTS_HEADING.len();
+    // The section goes on to the next heading of its level.
+    let end = summary[body..]
+        .find("\n## ")
+        .map_or(summary.len(), |i| body + i + 1);
+    let (before, after) = (&summary[..start], &summary[end..]);
+    if after.is_empty() {
+        format!("{before}{section}")
+    } else {
+        format!("{before}{section}\n{after}")
+    }
+}
+
+/// Makes sure the charts' font is there: `LAYERCACHE_CHART_FONT`, or DejaVu Sans, installed with
+/// apt-get when missing and running as root (the report names the package otherwise).
+fn ensure_chart_font() -> Result {
+    if std::env::var_os(CHART_FONT_ENV).is_some_and(|f| !f.is_empty())
+        || Path::new(CHART_FONT).is_file()
+    {
+        return Ok(());
+    }
+    println!("    {CHART_FONT} not found (Debian package {CHART_FONT_PACKAGE})");
+    if !is_root() || which("apt-get").is_none() {
+        // The report fails with the package's name; nothing more to do here.
+        return Ok(());
+    }
+    apt_get(&["update"])?;
+    apt_get(&[
+        "install",
+        "-y",
+        "--no-install-recommends",
+        CHART_FONT_PACKAGE,
+    ])
 }
 
 /// A median and its 95 % confidence interval, in ns.
@@ -383,7 +530,10 @@ fn printed_blocks(lines: &[String]) -> Vec<Vec<String>> {
     let mut blocks: Vec<Vec<String>> = Vec::new();
     let mut open = false;
     for line in lines {
-        if PRINTED_BLOCKS.iter().any(|start| line.starts_with(start)) {
+        if line.contains(": results written to ") {
+            // `benches::data`'s note of where the JSON went; the charts use it, not the summary.
+            open = false;
+        } else if PRINTED_BLOCKS.iter().any(|start| line.starts_with(start)) {
             blocks.push(vec![line.clone()]);
             open = true;
         } else if open && line.starts_with("  ") && !line.starts_with("   ") {
@@ -432,5 +582,35 @@ mod tests {
             vec![String::from("stampede: cold_1000 1000 loads")]
         );
         assert_eq!(time(1_500.0), "1.50 µs");
+        let lines = ["hit_ratio: results written to target/bench-data/hit_ratio.json"]
+            .map(String::from)
+            .to_vec();
+        assert!(printed_blocks(&lines).is_empty());
+    }
+
+    #[test]
+    fn the_charts_section_is_appended_or_replaced() {
+        let drawn: Drawn = Ok(vec![
+            String::from("drew /x/latency_by_tier.png"),
+            String::from("skipped hit_ratio.png: no hit_ratio.json"),
+        ]);
+        let section = charts_section(&drawn);
+        assert_eq!(
+            section,
+            "## Charts\n\n- `/x/latency_by_tier.png`\n- skipped hit_ratio.png: no hit_ratio.json\n"
+        );
+        let summary = "# Benchmark summary\n\n## Medians\n\n| a |\n";
+        let with = with_charts(summary, &section);
+        assert_eq!(with, format!("{summary}\n{section}"));
+        // Replaced, not added twice; what follows the section stays.
+        let again = with_charts(&with, "## Charts\n\n- none\n");
+        assert_eq!(again, format!("{summary}\n## Charts\n\n- none\n"));
+        let middle = format!("{summary}\n{section}\n## What the benches printed\n\nx\n");
+        assert_eq!(
+            with_charts(&middle, "## Charts\n\n- none\n"),
+            format!("{summary}\n## Charts\n\n- none\n\n## What the benches printed\n\nx\n")
+        );
+        let failed = charts_section(&Err(Error::new("no font")));
+        assert!(failed.contains("could not be drawn**: no font"), "{failed}");
     }
 }

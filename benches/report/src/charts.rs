@@ -1,0 +1,645 @@
+//! The three charts, drawn as PNGs with plotters.
+//!
+//! Colours say what a bar or line stands for, the same in every chart: layercache in blue, the
+//! raw baseline (moka, redis-rs, the prototype) in grey, peers (other caching libraries) in
+//! orange.
+
+use std::error::Error;
+use std::iter::once;
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::coord::ranged1d::SegmentedCoord;
+use plotters::coord::types::RangedCoordusize;
+use plotters::prelude::*;
+
+use crate::input::{HitRatioRow, HitRatios, Latency, Role, Workload};
+
+/// What a drawing function returns: plotters' errors are boxed, the binary only reports them.
+pub(crate) type DrawResult = Result<(), Box<dyn Error>>;
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+
+/// The font family every text uses (the TTF registered under this name in `main.rs`).
+pub(crate) const FONT: &str = "sans-serif";
+
+const OURS: RGBColor = RGBColor(31, 119, 180);
+const BASELINE: RGBColor = RGBColor(127, 127, 127);
+const PEER: RGBColor = RGBColor(255, 127, 14);
+const OTHER: RGBColor = RGBColor(148, 103, 189);
+/// The hit-ratio chart's second policy (LRU), beside [`OURS`] for TinyLFU.
+const LRU: RGBColor = RGBColor(214, 39, 40);
+
+/// Width of every chart, in pixels.
+pub(crate) const WIDTH: u32 = 1200;
+
+/// A duration in ns as a short human figure.
+fn time(ns: f64) -> String {
+    match ns {
+        ns if ns >= 1e9 => format!("{:.2} s", ns / 1e9),
+        ns if ns >= 1e6 => format!("{:.2} ms", ns / 1e6),
+        ns if ns >= 1e3 => format!("{:.2} µs", ns / 1e3),
+        ns => format!("{ns:.1} ns"),
+    }
+}
+
+/// Operations per second as a short human figure.
+fn rate(ops: f64) -> String {
+    match ops {
+        ops if ops >= 1e6 => format!("{:.2} M", ops / 1e6),
+        ops if ops >= 1e3 => format!("{:.0} k", ops / 1e3),
+        ops => format!("{ops:.0}"),
+    }
+}
+
+/// `n` segments of a bar chart's category axis (plotters' integer ranges include their end).
+fn segments(n: usize) -> SegmentedCoord<RangedCoordusize> {
+    (0..n.saturating_sub(1).max(1)).into_segmented()
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Whether a criterion id is a raw baseline (`moka_raw`, `redis_raw`, `mget_raw_100`, …).
+fn is_baseline(id: &str) -> bool {
+    id.split('_').any(|part| part == "raw")
+}
+
+/// The ids of a latency group in reading order: each raw baseline followed by the ids of ours
+/// that go with it (same first word: `moka_raw` → `moka_backend`; `redis_raw` → `redis_backend`;
+/// `tiered_get` pairs by tier: `l1_*` with moka, `l2_*` with redis), then the rest by name.
+pub(crate) fn latency_order(group: &str, ids: &mut [Latency]) {
+    let rank = |id: &str| -> (usize, usize) {
+        let tier = if id.starts_with("moka") || (group == "tiered_get" && id.starts_with("l1")) {
+            0
+        } else if id.starts_with("redis") || (group == "tiered_get" && id.starts_with("l2")) {
+            1
+        } else {
+            2
+        };
+        (tier, usize::from(!is_baseline(id)))
+    };
+    ids.sort_by(|a, b| (rank(&a.id), &a.id).cmp(&(rank(&b.id), &b.id)));
+}
+
+/// `latency_by_tier.png`: one panel per group, a bar per id (median, log scale) with its
+/// confidence interval as a whisker.
+pub(crate) fn latency_by_tier(path: &Path, groups: &[(&str, Vec<Latency>)]) -> DrawResult {
+    let rows: usize = groups.iter().map(|(_, ids)| ids.len()).sum();
+    let height = 80 + groups.len() as u32 * 110 + rows as u32 * 48;
+    let root = BitMapBackend::new(path, (WIDTH, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        "Median time per iteration with its 95 % confidence interval (criterion), log scale",
+        (FONT, 24),
+    )?;
+    // Each panel as tall as its ids need.
+    let mut rest = root;
+    for (i, (group, ids)) in groups.iter().enumerate() {
+        let panel_height = 110 + ids.len() as i32 * 48;
+        let (panel, below) = if i + 1 < groups.len() {
+            rest.split_vertically(panel_height)
+        } else {
+            (rest.clone(), rest.clone())
+        };
+        latency_panel(&panel, group, ids)?;
+        rest = below;
+    }
+    rest.present()?;
+    Ok(())
+}
+
+fn latency_panel(area: &Area<'_>, group: &str, ids: &[Latency]) -> DrawResult {
+    let positive = |v: f64| if v > 0.0 { v } else { f64::MAX };
+    let low = ids
+        .iter()
+        .map(|l| positive(l.low.min(l.median)))
+        .fold(f64::MAX, f64::min);
+    let high = ids
+        .iter()
+        .map(|l| l.high.max(l.median))
+        .fold(0.0_f64, f64::max);
+    let (x0, x1) = if low < high {
+        (low / 3.0, high * 6.0)
+    } else {
+        (1.0, 10.0)
+    };
+    let n = ids.len();
+    // The first id on top.
+    let row = |i: usize| n - 1 - i;
+    let mut chart = ChartBuilder::on(area)
+        .caption(group, (FONT, 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(200)
+        .build_cartesian_2d((x0..x1).log_scale(), segments(n))?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(r) if *r < n => ids[row(*r)].id.clone(),
+            _ => String::new(),
+        })
+        .x_label_formatter(&|ns| time(*ns))
+        .label_style((FONT, 15))
+        .draw()?;
+    let (mut ours_labelled, mut raw_labelled) = (false, false);
+    for (i, latency) in ids.iter().enumerate() {
+        let r = row(i);
+        let baseline = is_baseline(&latency.id);
+        let colour = if baseline { BASELINE } else { OURS };
+        let mut bar = Rectangle::new(
+            [
+                (x0, SegmentValue::Exact(r)),
+                (latency.median.max(x0), SegmentValue::Exact(r + 1)),
+            ],
+            colour.filled(),
+        );
+        bar.set_margin(8, 8, 0, 0);
+        let annotation = chart.draw_series(once(bar))?;
+        let first = if baseline {
+            !std::mem::replace(&mut raw_labelled, true)
+        } else {
+            !std::mem::replace(&mut ours_labelled, true)
+        };
+        if first {
+            let label = if baseline {
+                "raw baseline"
+            } else {
+                "layercache"
+            };
+            annotation.label(label).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled())
+            });
+        }
+        let centre = SegmentValue::CenterOf(r);
+        let cap = |x: f64| {
+            EmptyElement::at((x.max(x0), centre.clone()))
+                + PathElement::new(vec![(0, -7), (0, 7)], BLACK.stroke_width(2))
+        };
+        chart.draw_series(once(PathElement::new(
+            vec![
+                (latency.low.max(x0), centre.clone()),
+                (latency.high.max(x0), centre.clone()),
+            ],
+            BLACK.stroke_width(2),
+        )))?;
+        chart.draw_series(once(cap(latency.low)))?;
+        chart.draw_series(once(
+            cap(latency.high) + Text::new(time(latency.median), (8, -8), (FONT, 15)),
+        ))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 15))
+        .draw()?;
+    Ok(())
+}
+
+fn role_colour(role: Role) -> (RGBColor, &'static str) {
+    match role {
+        Role::Baseline => (BASELINE, "baseline"),
+        Role::Ours => (OURS, "ours"),
+        Role::Peer => (PEER, "peer"),
+        Role::Other => (OTHER, "other"),
+    }
+}
+
+/// The config's fields as `key value, …` for a subtitle.
+fn config_line(config: &serde_json::Map<String, serde_json::Value>) -> String {
+    config
+        .iter()
+        .map(|(key, value)| format!("{key} {value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `workload_zipf_ops.png`: a bar per id (median ops/s) with the rounds' min–max as a whisker,
+/// coloured by role; the ratios as lines of text below.
+pub(crate) fn workload_zipf_ops(path: &Path, workload: &Workload) -> DrawResult {
+    let ids = &workload.ids;
+    let n = ids.len();
+    let text_height = 30 + 26 * workload.ratios.len() as u32;
+    let height = 170 + n as u32 * 56 + text_height;
+    let root = BitMapBackend::new(path, (WIDTH, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        "workload_zipf: requests per second, median of the rounds with their min–max",
+        (FONT, 24),
+    )?;
+    let (top, bottom) = root.split_vertically(height as i32 - 40 - text_height as i32);
+    let high = ids
+        .iter()
+        .map(|i| i.ops_per_sec.max.max(i.ops_per_sec.median))
+        .fold(0.0_f64, f64::max);
+    let x1 = if high > 0.0 { high * 1.25 } else { 1.0 };
+    let row = |i: usize| n - 1 - i;
+    let mut chart = ChartBuilder::on(&top)
+        .caption(config_line(&workload.config), (FONT, 15))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(200)
+        .build_cartesian_2d(0.0..x1, segments(n))?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(r) if *r < n => ids[row(*r)].id.clone(),
+            _ => String::new(),
+        })
+        .x_label_formatter(&|ops| rate(*ops))
+        .x_desc("requests per second")
+        .label_style((FONT, 15))
+        .draw()?;
+    let mut labelled = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let r = row(i);
+        let (colour, role) = role_colour(id.role);
+        let ops = id.ops_per_sec;
+        let mut bar = Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(r)),
+                (ops.median, SegmentValue::Exact(r + 1)),
+            ],
+            colour.filled(),
+        );
+        bar.set_margin(8, 8, 0, 0);
+        let annotation = chart.draw_series(once(bar))?;
+        if !labelled.contains(&role) {
+            labelled.push(role);
+            annotation.label(role).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled())
+            });
+        }
+        let centre = SegmentValue::CenterOf(r);
+        let mut text = format!("{} ops/s", rate(ops.median));
+        if let Some(hits) = id.l1_hit_ratio {
+            text.push_str(&format!(", L1 hits {:.1} %", 100.0 * hits));
+        }
+        let cap = |x: f64| {
+            EmptyElement::at((x, centre.clone()))
+                + PathElement::new(vec![(0, -7), (0, 7)], BLACK.stroke_width(2))
+        };
+        chart.draw_series(once(PathElement::new(
+            vec![(ops.min, centre.clone()), (ops.max, centre.clone())],
+            BLACK.stroke_width(2),
+        )))?;
+        chart.draw_series(once(cap(ops.min)))?;
+        chart.draw_series(once(cap(ops.max) + Text::new(text, (8, -8), (FONT, 15))))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 15))
+        .draw()?;
+    for (i, ratio) in workload.ratios.iter().enumerate() {
+        let goal = ratio
+            .goal
+            .as_deref()
+            .map_or(String::new(), |goal| format!(" (goal {goal})"));
+        bottom.draw(&Text::new(
+            format!("{}: {:.3}{goal}", ratio.label, ratio.median),
+            (20, 10 + 26 * i as i32),
+            (FONT, 17),
+        ))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// The traces of `ratios` in the order they first appear.
+fn traces(ratios: &HitRatios) -> Vec<&str> {
+    let mut traces: Vec<&str> = Vec::new();
+    for row in &ratios.rows {
+        if !traces.contains(&row.trace.as_str()) {
+            traces.push(&row.trace);
+        }
+    }
+    traces
+}
+
+/// `hit_ratio.png`: a column per trace. Above, hit ratio against capacity for each policy, ours
+/// (filled markers, thick line) and raw moka (hollow markers, thin line), the replays' min–max as
+/// whiskers; below, what the goal is about: ours − raw of the medians per policy, beside raw
+/// moka's own spread around its median, within the goal's band.
+pub(crate) fn hit_ratio(path: &Path, ratios: &HitRatios) -> DrawResult {
+    let traces = traces(ratios);
+    let root =
+        BitMapBackend::new(path, (WIDTH.max(420 * traces.len() as u32), 860)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        &format!(
+            "Hit ratio by capacity: ours (MokaBackend) and raw moka; TinyLFU the median of {} \
+             replays (min–max), LRU one",
+            ratios.config.tinylfu_runs
+        ),
+        (FONT, 20),
+    )?;
+    let (upper, rest) = root.split_vertically(480);
+    let (lower, footer) = rest.split_vertically(300);
+    let columns = traces.len().max(1);
+    let panels = upper.split_evenly((1, columns));
+    let differences = lower.split_evenly((1, columns));
+    for (p, trace) in traces.iter().enumerate() {
+        let rows: Vec<&HitRatioRow> = ratios.rows.iter().filter(|r| r.trace == *trace).collect();
+        if let (Some(panel), Some(difference)) = (panels.get(p), differences.get(p)) {
+            hit_ratio_panel(panel, trace, &rows, p == 0)?;
+            difference_panel(difference, &rows, ratios.config.goal_points, p == 0)?;
+        }
+    }
+    footer.draw(&Text::new(
+        format!(
+            "Goal: |ours − raw| of the medians ≤ {} points (the shaded band). Traces: Megiddo and \
+             Modha, \"ARC: A Self-Tuning, Low Overhead Replacement Cache\", FAST 03.",
+            ratios.config.goal_points
+        ),
+        (20, 12),
+        (FONT, 15),
+    ))?;
+    root.present()?;
+    Ok(())
+}
+
+/// The capacities of `rows`, ascending, each once.
+fn capacities(rows: &[&HitRatioRow]) -> Vec<u64> {
+    let mut capacities: Vec<u64> = rows.iter().map(|r| r.capacity).collect();
+    capacities.sort_unstable();
+    capacities.dedup();
+    capacities
+}
+
+/// ours − raw of the medians per capacity and policy (filled markers), raw moka's own min–max
+/// around its median (grey whiskers), the goal's band shaded.
+fn difference_panel(area: &Area<'_>, rows: &[&HitRatioRow], goal: f64, legend: bool) -> DrawResult {
+    let capacities = capacities(rows);
+    let n = capacities.len();
+    let reach = rows
+        .iter()
+        .flat_map(|r| {
+            [
+                r.ours.median - r.raw.median,
+                r.raw.min - r.raw.median,
+                r.raw.max - r.raw.median,
+            ]
+        })
+        .fold(goal, |m, v| m.max(v.abs()));
+    let y = reach * 1.3;
+    let mut chart = ChartBuilder::on(area)
+        .caption("ours − raw (points)", (FONT, 16))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(50)
+        .build_cartesian_2d(segments(n), -y..y)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => {
+                capacities.get(*i).map_or(String::new(), |c| thousands(*c))
+            }
+            _ => String::new(),
+        })
+        .y_label_formatter(&|v| {
+            if v.abs() < 0.05 {
+                String::from("0")
+            } else {
+                format!("{v:+.1}")
+            }
+        })
+        .x_desc("capacity (entries)")
+        .label_style((FONT, 14))
+        .draw()?;
+    let (left, right) = (SegmentValue::Exact(0), SegmentValue::Exact(n.max(2)));
+    chart.draw_series(once(Rectangle::new(
+        [(left.clone(), -goal), (right.clone(), goal)],
+        GREEN.mix(0.12).filled(),
+    )))?;
+    chart.draw_series(once(PathElement::new(
+        vec![(left, 0.0), (right, 0.0)],
+        BLACK.stroke_width(1),
+    )))?;
+    let at = |capacity: u64| {
+        SegmentValue::CenterOf(capacities.iter().position(|&c| c == capacity).unwrap_or(0))
+    };
+    // Within a capacity's segment: raw's spread at the centre, TinyLFU left of it and LRU right
+    // (offsets in pixels).
+    let mut spread_labelled = legend;
+    for (policy, colour, dx) in [("TinyLFU", OURS, -10), ("LRU", LRU, 14)] {
+        let mut first = legend;
+        for row in rows.iter().filter(|r| r.policy == policy) {
+            let centre = at(row.capacity);
+            if row.raw.max > row.raw.min {
+                let (low, high) = (row.raw.min - row.raw.median, row.raw.max - row.raw.median);
+                let whisker = chart.draw_series(once(PathElement::new(
+                    vec![(centre.clone(), low), (centre.clone(), high)],
+                    BASELINE.stroke_width(3),
+                )))?;
+                if std::mem::take(&mut spread_labelled) {
+                    whisker.label("raw moka's own min–max").legend(|(x, y)| {
+                        PathElement::new(
+                            vec![(x + 8, y - 6), (x + 8, y + 6)],
+                            BASELINE.stroke_width(3),
+                        )
+                    });
+                }
+            }
+            let marker = chart.draw_series(once(
+                EmptyElement::at((centre, row.ours.median - row.raw.median))
+                    + Circle::new((dx, 0), 5, colour.filled()),
+            ))?;
+            if std::mem::take(&mut first) {
+                marker
+                    .label(format!("{policy}: ours − raw"))
+                    .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
+            }
+        }
+    }
+    if legend {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 13))
+            .draw()?;
+    }
+    Ok(())
+}
+
+fn hit_ratio_panel(
+    area: &Area<'_>,
+    trace: &str,
+    rows: &[&HitRatioRow],
+    legend: bool,
+) -> DrawResult {
+    let capacities = capacities(rows);
+    let n = capacities.len();
+    let top = rows
+        .iter()
+        .map(|r| r.ours.max.max(r.raw.max))
+        .fold(0.0_f64, f64::max);
+    let y1 = (top * 1.2 + 5.0).min(100.0);
+    let requests = rows.first().map_or(0, |r| r.requests);
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!("{trace} ({} requests)", thousands(requests)),
+            (FONT, 18),
+        )
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(50)
+        .build_cartesian_2d(segments(n), 0.0..y1)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => {
+                capacities.get(*i).map_or(String::new(), |c| thousands(*c))
+            }
+            _ => String::new(),
+        })
+        .y_label_formatter(&|v| format!("{v:.0} %"))
+        .x_desc("capacity (entries)")
+        .label_style((FONT, 14))
+        .draw()?;
+    let at = |capacity: u64| {
+        SegmentValue::CenterOf(capacities.iter().position(|&c| c == capacity).unwrap_or(0))
+    };
+    for (policy, colour) in [("TinyLFU", OURS), ("LRU", LRU)] {
+        let policy_rows: Vec<&&HitRatioRow> = rows.iter().filter(|r| r.policy == policy).collect();
+        if policy_rows.is_empty() {
+            continue;
+        }
+        for raw in [false, true] {
+            let side = |row: &HitRatioRow| if raw { row.raw } else { row.ours };
+            let points: Vec<_> = policy_rows
+                .iter()
+                .map(|row| (at(row.capacity), side(row).median))
+                .collect();
+            let width = if raw { 1 } else { 3 };
+            let line =
+                chart.draw_series(LineSeries::new(points.clone(), colour.stroke_width(width)))?;
+            if legend {
+                let label = format!("{policy} {}", if raw { "raw moka" } else { "ours" });
+                line.label(label).legend(move |(x, y)| {
+                    let marker = if raw {
+                        Circle::new((10, 0), 6, colour.stroke_width(2))
+                    } else {
+                        Circle::new((10, 0), 4, colour.filled())
+                    };
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (20, 0)], colour.stroke_width(width))
+                        + marker
+                });
+            }
+            let marker = |point| {
+                if raw {
+                    Circle::new(point, 7, colour.stroke_width(2))
+                } else {
+                    Circle::new(point, 4, colour.filled())
+                }
+            };
+            chart.draw_series(points.into_iter().map(marker))?;
+            chart.draw_series(policy_rows.iter().filter_map(|row| {
+                let spread = side(row);
+                (spread.max > spread.min).then(|| {
+                    PathElement::new(
+                        vec![
+                            (at(row.capacity), spread.min),
+                            (at(row.capacity), spread.max),
+                        ],
+                        colour.stroke_width(2),
+                    )
+                })
+            }))?;
+        }
+    }
+    if legend {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 14))
+            .draw()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency(id: &str) -> Latency {
+        Latency {
+            id: id.to_owned(),
+            median: 1.0,
+            low: 1.0,
+            high: 1.0,
+        }
+    }
+
+    #[test]
+    fn each_baseline_comes_before_the_ids_it_is_compared_with() {
+        let mut ids: Vec<Latency> = [
+            "redis_raw",
+            "l2_hit",
+            "l1_hit_with_tracking",
+            "moka_raw",
+            "l1_hit",
+        ]
+        .map(latency)
+        .to_vec();
+        latency_order("tiered_get", &mut ids);
+        let order: Vec<&str> = ids.iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "moka_raw",
+                "l1_hit",
+                "l1_hit_with_tracking",
+                "redis_raw",
+                "l2_hit"
+            ]
+        );
+        let mut ids: Vec<Latency> = ["redis_backend", "moka_backend", "redis_raw", "moka_raw"]
+            .map(latency)
+            .to_vec();
+        latency_order("backend_get", &mut ids);
+        let order: Vec<&str> = ids.iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(
+            order,
+            ["moka_raw", "moka_backend", "redis_raw", "redis_backend"]
+        );
+    }
+
+    #[test]
+    fn figures_read_as_people_write_them() {
+        assert_eq!(time(156.3), "156.3 ns");
+        assert_eq!(time(81_520.0), "81.52 µs");
+        assert_eq!(rate(434_650.0), "435 k");
+        assert_eq!(rate(1_250_000.0), "1.25 M");
+        assert!(is_baseline("mget_raw_100") && !is_baseline("l1_hit"));
+        assert_eq!(thousands(12_672_123), "12,672,123");
+        assert_eq!(thousands(250), "250");
+    }
+}
