@@ -18,10 +18,11 @@
 //!
 //! moka seeds TinyLFU's frequency sketch at random, so raw moka's hit ratio moves from replay to
 //! replay by itself (by more than a point on P3/P6): each TinyLFU row is replayed
-//! [`TINYLFU_RUNS`] times for ours and as many for raw, and compared by the medians. LRU is
-//! deterministic and replayed once per side. The hit ratios (%) are printed to stderr as a table
-//! (`hit_ratio summary`): per row and policy the median and spread (min–max) of each side,
-//! ours − raw of the medians, whether it is within the goal of [`GOAL_POINTS`] points, and the
+//! [`TINYLFU_RUNS`] times ([`RUNS_ENV`] overrides) for ours and as many for raw, and compared by
+//! the medians. LRU is deterministic and replayed once per side. The hit ratios (%) are printed
+//! to stderr as a table (`hit_ratio summary`): per row and policy the median and spread (min–max)
+//! of each side, ours − raw of the medians, whether it is within the goal of [`GOAL_POINTS`]
+//! points (and, where not, whether ours' median lies inside raw moka's own min–max), and the
 //! better policy; with `LAYERCACHE_BENCH_DATA` set they are also written to
 //! `$LAYERCACHE_BENCH_DATA/hit_ratio.json` (every replay's value; `benches::data`).
 //!
@@ -238,6 +239,9 @@ const POLICIES: [(L1Policy, &str); 2] = [(L1Policy::TinyLfu, "TinyLFU"), (L1Poli
 /// by more than a point from itself on P3/P6); the median of several does. LRU is deterministic:
 /// one replay each.
 const TINYLFU_RUNS: usize = 5;
+/// The environment variable overriding [`TINYLFU_RUNS`] (the medians of 5 still move by a few
+/// tenths of a point from run to run on P3/P6; more replays narrow that, at their cost).
+const RUNS_ENV: &str = "LAYERCACHE_HIT_RATIO_RUNS";
 /// [`TINYLFU_RUNS`] under `cargo test --benches`.
 const TEST_MODE_TINYLFU_RUNS: usize = 2;
 /// The issue's goal: ours within this many points of raw moka (of the medians).
@@ -311,6 +315,21 @@ impl Row {
 
     fn within_goal(&self) -> bool {
         self.difference().abs() <= GOAL_POINTS
+    }
+
+    /// Whether ours' median lies within raw moka's own min–max: a difference raw moka shows
+    /// against itself.
+    fn within_raw_spread(&self) -> bool {
+        (self.raw.min()..=self.raw.max()).contains(&self.ours.median())
+    }
+
+    /// The summary's verdict on the goal.
+    fn verdict(&self) -> &'static str {
+        match (self.within_goal(), self.within_raw_spread()) {
+            (true, _) => "yes",
+            (false, true) => "**no** (inside raw's own min–max)",
+            (false, false) => "**no**",
+        }
     }
 }
 
@@ -402,7 +421,7 @@ fn print_summary(traces: &[Trace], rows: &[Row], tinylfu_runs: usize, took: Dura
     );
     eprintln!("  |---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|");
     let (mut worst, mut spread) = (0.0_f64, 0.0_f64);
-    let mut missed = 0;
+    let (mut missed, mut noise) = (0, 0);
     for pair in rows.chunks(2) {
         let [lfu, lru] = pair else { continue };
         let trace = &traces[lfu.trace];
@@ -410,7 +429,10 @@ fn print_summary(traces: &[Trace], rows: &[Row], tinylfu_runs: usize, took: Dura
             .max(lfu.difference().abs())
             .max(lru.difference().abs());
         spread = spread.max(lfu.raw.max() - lfu.raw.min());
-        missed += usize::from(!lfu.within_goal()) + usize::from(!lru.within_goal());
+        for row in [lfu, lru] {
+            missed += usize::from(!row.within_goal());
+            noise += usize::from(!row.within_goal() && row.within_raw_spread());
+        }
         let (lfu_median, lru_median) = (lfu.ours.median(), lru.ours.median());
         let better = if (lfu_median - lru_median).abs() < 0.05 {
             "even"
@@ -419,7 +441,6 @@ fn print_summary(traces: &[Trace], rows: &[Row], tinylfu_runs: usize, took: Dura
         } else {
             "TinyLFU"
         };
-        let goal = |row: &Row| if row.within_goal() { "yes" } else { "**no**" };
         eprintln!(
             "  | {} | {} | {} | {} | {} | {:+.2} | {} | {} | {} | {:+.2} | {} | {better} |",
             trace.name,
@@ -428,11 +449,11 @@ fn print_summary(traces: &[Trace], rows: &[Row], tinylfu_runs: usize, took: Dura
             lfu.ours.cell(),
             lfu.raw.cell(),
             lfu.difference(),
-            goal(lfu),
+            lfu.verdict(),
             lru.ours.cell(),
             lru.raw.cell(),
             lru.difference(),
-            goal(lru),
+            lru.verdict(),
         );
     }
     eprintln!(
@@ -441,7 +462,11 @@ fn print_summary(traces: &[Trace], rows: &[Row], tinylfu_runs: usize, took: Dura
         if missed == 0 {
             String::from("met in every row")
         } else {
-            format!("NOT met in {missed} of {} rows", rows.len())
+            format!(
+                "NOT met in {missed} of {} rows, {noise} of them with ours' median inside raw \
+                 moka's own min–max",
+                rows.len()
+            )
         }
     );
 }
@@ -462,6 +487,7 @@ fn write_data(traces: &[Trace], rows: &[Row], tinylfu_runs: usize, max: usize) {
                 "raw": row.raw.json(),
                 "ours_minus_raw": row.difference(),
                 "within_goal": row.within_goal(),
+                "within_raw_spread": row.within_raw_spread(),
             })
         })
         .collect();
@@ -486,7 +512,11 @@ fn hit_ratio(c: &mut Criterion) {
     let max = max_requests(bench_mode);
     let traces = load_traces(max);
     let tinylfu_runs = if bench_mode {
-        TINYLFU_RUNS
+        match std::env::var(RUNS_ENV).ok().map(|v| v.parse::<usize>()) {
+            Some(Ok(n)) if n > 0 => n,
+            Some(_) => panic!("{RUNS_ENV} must be a number of replays (at least 1)"),
+            None => TINYLFU_RUNS,
+        }
     } else {
         TEST_MODE_TINYLFU_RUNS
     };

@@ -271,10 +271,12 @@ pub(crate) fn workload_zipf_ops(path: &Path, workload: &Workload) -> DrawResult 
         let r = row(i);
         let (colour, role) = role_colour(id.role);
         let ops = id.ops_per_sec;
+        // A missing figure (NaN) is drawn as nothing.
+        let or_zero = |v: f64| if v.is_finite() { v } else { 0.0 };
         let mut bar = Rectangle::new(
             [
                 (0.0, SegmentValue::Exact(r)),
-                (ops.median, SegmentValue::Exact(r + 1)),
+                (or_zero(ops.median), SegmentValue::Exact(r + 1)),
             ],
             colour.filled(),
         );
@@ -295,12 +297,22 @@ pub(crate) fn workload_zipf_ops(path: &Path, workload: &Workload) -> DrawResult 
             EmptyElement::at((x, centre.clone()))
                 + PathElement::new(vec![(0, -7), (0, 7)], BLACK.stroke_width(2))
         };
-        chart.draw_series(once(PathElement::new(
-            vec![(ops.min, centre.clone()), (ops.max, centre.clone())],
-            BLACK.stroke_width(2),
-        )))?;
-        chart.draw_series(once(cap(ops.min)))?;
-        chart.draw_series(once(cap(ops.max) + Text::new(text, (8, -8), (FONT, 15))))?;
+        if ops.min.is_finite() && ops.max.is_finite() {
+            chart.draw_series(once(PathElement::new(
+                vec![(ops.min, centre.clone()), (ops.max, centre.clone())],
+                BLACK.stroke_width(2),
+            )))?;
+            chart.draw_series(once(cap(ops.min)))?;
+            chart.draw_series(once(cap(ops.max)))?;
+        }
+        let end = if ops.max.is_finite() {
+            ops.max
+        } else {
+            or_zero(ops.median)
+        };
+        chart.draw_series(once(
+            EmptyElement::at((end, centre.clone())) + Text::new(text, (8, -8), (FONT, 15)),
+        ))?;
     }
     chart
         .configure_series_labels()
@@ -313,6 +325,7 @@ pub(crate) fn workload_zipf_ops(path: &Path, workload: &Workload) -> DrawResult 
         let goal = ratio
             .goal
             .as_deref()
+            .filter(|goal| !goal.is_empty())
             .map_or(String::new(), |goal| format!(" (goal {goal})"));
         bottom.draw(&Text::new(
             format!("{}: {:.3}{goal}", ratio.label, ratio.median),

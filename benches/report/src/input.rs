@@ -106,15 +106,23 @@ pub(crate) fn latencies(
     Ok(found)
 }
 
-/// A median with its spread (min and max over rounds or replays).
+/// A median with its spread (min and max over rounds or replays). A `null` (what serde_json
+/// writes for a non-finite number, e.g. the min of no rounds) reads as NaN, drawn as nothing.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 pub(crate) struct Spread {
     /// The median.
+    #[serde(deserialize_with = "number_or_nan")]
     pub(crate) median: f64,
     /// The smallest value.
+    #[serde(deserialize_with = "number_or_nan")]
     pub(crate) min: f64,
     /// The largest value.
+    #[serde(deserialize_with = "number_or_nan")]
     pub(crate) max: f64,
+}
+
+fn number_or_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
 /// What a `workload_zipf` id stands for.
@@ -165,8 +173,9 @@ pub(crate) struct WorkloadRatio {
     /// What is divided by what.
     pub(crate) label: String,
     /// The median ratio.
+    #[serde(deserialize_with = "number_or_nan")]
     pub(crate) median: f64,
-    /// The issue's goal, if any.
+    /// The issue's goal, if any (an empty one is none).
     #[serde(default)]
     pub(crate) goal: Option<String>,
 }
@@ -273,6 +282,10 @@ mod tests {
         assert_eq!(workload.ids[2].role, Role::Other);
         assert_eq!(workload.ratios[0].goal.as_deref(), Some("≥ 0.90"));
         assert_eq!(workload.config["tasks"], 64);
+        let json = r#"{"ids":[{"id":"a","role":"ours","ops_per_sec":{"median":null,"min":null,"max":1.0}}]}"#;
+        let workload: Workload = serde_json::from_str(json).unwrap();
+        assert!(workload.ids[0].ops_per_sec.median.is_nan());
+        assert_eq!(workload.ids[0].ops_per_sec.max, 1.0);
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod input;
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use plotters::style::FontStyle;
@@ -166,7 +167,17 @@ fn hit_ratio_chart(args: &Args, path: &Path) -> Result<Outcome, Box<dyn Error>> 
 
 type Chart = fn(&Args, &Path) -> Result<Outcome, Box<dyn Error>>;
 
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     if raw.iter().any(|a| a == "-h" || a == "--help") {
         println!("{USAGE}");
