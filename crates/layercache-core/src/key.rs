@@ -4,6 +4,8 @@ use std::fmt::{self, Write as _};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
+use smol_str::SmolStr;
+
 use crate::error::{Error, ErrorKind};
 
 /// The default upper bound on a key's length in bytes (1 KiB).
@@ -53,13 +55,18 @@ impl From<KeyError> for Error {
 static KEY_HASHER: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
 
 thread_local! {
-    /// Where [`Namespace::key`] writes a key before it is copied into its one allocation.
+    /// Where [`Namespace::key`] writes a key before it becomes one (inline, or one allocation past
+    /// 23 bytes).
     static KEY_BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// A validated cache key: not empty and no longer than its limit.
 ///
-/// Cloning is a reference count. A key is hashed once, when it is made: hashing it again (moka,
+/// A key's text up to 23 bytes is held inline: making one allocates nothing beyond what builds
+/// its text, and cloning it copies 32 bytes without touching memory another clone shares (a
+/// longer key's text is shared behind a reference count;
+/// [ADR 0016](https://github.com/layercache/layercache/blob/main/docs/adr/0016-inline-keys.md)).
+/// A key is hashed once, when it is made: hashing it again (moka,
 /// the version table, single-flight) writes that one `u64`, and comparing two keys compares the
 /// hashes (and the text only when they match), so a key made once and reused costs nothing per
 /// request ([ADR 0011](https://github.com/layercache/layercache/blob/main/docs/adr/0011-lean-request-path.md)).
@@ -77,7 +84,7 @@ thread_local! {
 #[derive(Clone)]
 pub struct Key {
     hash: u64,
-    text: Arc<str>,
+    text: SmolStr,
 }
 
 impl Key {
@@ -101,11 +108,11 @@ impl Key {
         Ok(Key::checked(key))
     }
 
-    /// A key of `text`, already validated: one allocation, one hash.
+    /// A key of `text`, already validated: one hash, and an allocation only past 23 bytes.
     fn checked(text: &str) -> Self {
         Key {
             hash: KEY_HASHER.hash_one(text),
-            text: Arc::from(text),
+            text: SmolStr::new(text),
         }
     }
 
@@ -122,7 +129,7 @@ impl Key {
 
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
+        self.hash == other.hash && self.text == other.text
     }
 }
 
@@ -161,7 +168,7 @@ impl AsRef<[u8]> for Key {
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.text, f)
+        fmt::Debug::fmt(self.text.as_str(), f)
     }
 }
 

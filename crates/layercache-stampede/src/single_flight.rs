@@ -5,7 +5,6 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -87,9 +86,16 @@ type Flights<T> = HashMap<Key, Flight<T>, Hasher>;
 
 /// One shard of the flights: those in progress by key, and those a write detached (by id) that
 /// still have callers waiting.
+///
+/// The shard counts its own flights and joins (under its lock, already held): counters shared by
+/// every core would cost each miss a contended cache line.
 struct Shard<T> {
     flights: Flights<T>,
     detached: Vec<(u64, Arc<Cell<T>>)>,
+    /// Flights started in this shard; also the sequence of their ids.
+    led: u64,
+    /// Callers that joined a flight of this shard.
+    coalesced: u64,
 }
 
 impl<T> Default for Shard<T> {
@@ -97,6 +103,8 @@ impl<T> Default for Shard<T> {
         Shard {
             flights: HashMap::default(),
             detached: Vec::new(),
+            led: 0,
+            coalesced: 0,
         }
     }
 }
@@ -125,9 +133,6 @@ impl<T> Shard<T> {
 
 struct Shared<T> {
     flights: Box<[CachePadded<Mutex<Shard<T>>>]>,
-    next_id: AtomicU64,
-    led: AtomicU64,
-    coalesced: AtomicU64,
 }
 
 impl<T> Shared<T> {
@@ -136,12 +141,16 @@ impl<T> Shared<T> {
         lock(&self.flights[(key.hash_value() as usize) & (MAP_SHARDS - 1)])
     }
 
-    /// How many flights are in progress (detached ones not counted).
-    fn in_flight(&self) -> usize {
-        self.flights
-            .iter()
-            .map(|shard| lock(shard).flights.len())
-            .sum()
+    /// The counters, summed over the shards.
+    fn stats(&self) -> SingleFlightStats {
+        let mut stats = SingleFlightStats::default();
+        for shard in &self.flights {
+            let shard = lock(shard);
+            stats.led += shard.led;
+            stats.coalesced += shard.coalesced;
+            stats.in_flight += shard.flights.len() as u64;
+        }
+        stats
     }
 }
 
@@ -218,7 +227,7 @@ impl<T> Clone for SingleFlight<T> {
 impl<T> fmt::Debug for SingleFlight<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SingleFlight")
-            .field("flights", &self.shared.in_flight())
+            .field("flights", &self.shared.stats().in_flight)
             .field("max_wait", &self.max_wait)
             .finish()
     }
@@ -238,9 +247,6 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
                 flights: (0..MAP_SHARDS)
                     .map(|_| CachePadded::new(Mutex::new(Shard::default())))
                     .collect(),
-                next_id: AtomicU64::new(0),
-                led: AtomicU64::new(0),
-                coalesced: AtomicU64::new(0),
             }),
             max_wait: DEFAULT_MAX_WAIT,
         }
@@ -255,11 +261,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
 
     /// The counters so far.
     pub fn stats(&self) -> SingleFlightStats {
-        SingleFlightStats {
-            led: self.shared.led.load(Ordering::Relaxed),
-            coalesced: self.shared.coalesced.load(Ordering::Relaxed),
-            in_flight: self.shared.in_flight() as u64,
-        }
+        self.shared.stats()
     }
 
     /// Whether work for `key` is in progress.
@@ -285,10 +287,10 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             for key in keys {
                 let mut shard = self.shared.flights(key);
                 if let Some(flight) = shard.flights.get_mut(key) {
-                    if !led_set.contains(key) {
-                        self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
-                    }
                     receivers.push(flight.join());
+                    if !led_set.contains(key) {
+                        shard.coalesced += 1;
+                    }
                     continue;
                 }
                 // The batch's caller waits for the keys it leads like any joined caller.
@@ -408,8 +410,9 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     {
         let mut shard = self.shared.flights(key);
         if let Some(flight) = shard.flights.get_mut(key) {
-            self.shared.coalesced.fetch_add(1, Ordering::Relaxed);
-            return Joined::Joined(Waiter(flight.join()));
+            let waiter = Waiter(flight.join());
+            shard.coalesced += 1;
+            return Joined::Joined(waiter);
         }
         let work: Work<T> = Box::pin(make_work());
         let landing = self.insert_flight(&mut shard, key, None);
@@ -459,8 +462,10 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         key: &Key,
         cell: Option<Arc<Cell<T>>>,
     ) -> Landing<T> {
-        self.shared.led.fetch_add(1, Ordering::Relaxed);
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        // Unique within the shard, which is all an id is compared within (a key's flights are
+        // always in its shard).
+        let id = shard.led;
+        shard.led += 1;
         shard.flights.insert(key.clone(), Flight { id, cell });
         Landing {
             shared: Arc::clone(&self.shared),
