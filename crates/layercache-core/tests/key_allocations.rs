@@ -28,7 +28,10 @@ fn short_keys_are_made_and_cloned_without_allocating_and_long_ones_share_their_t
         kept.push(copy);
     }
     let made_here = region.change().allocations;
-    assert_eq!(made_here, 0, "1,000 short keys made and cloned: {made_here} allocations");
+    assert_eq!(
+        made_here, 0,
+        "1,000 short keys made and cloned: {made_here} allocations"
+    );
     assert_eq!(kept[42].as_str(), "app:v1:user:42");
 
     // A text past 23 bytes takes one allocation when made, and its clones share it.
@@ -36,6 +39,9 @@ fn short_keys_are_made_and_cloned_without_allocating_and_long_ones_share_their_t
     let long = Key::new("app:v1:session:0123456789abcdef").unwrap();
     let clones: Vec<Key> = (0..100).map(|_| long.clone()).collect();
     let change = region.change();
-    assert_eq!(change.allocations, 2, "one for the text, one for the Vec of clones");
+    assert_eq!(
+        change.allocations, 2,
+        "one for the text, one for the Vec of clones"
+    );
     assert!(clones.iter().all(|k| k == &long));
 }
