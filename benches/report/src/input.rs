@@ -121,6 +121,10 @@ pub(crate) struct Spread {
     pub(crate) max: f64,
 }
 
+fn nan() -> f64 {
+    f64::NAN
+}
+
 fn number_or_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
@@ -175,6 +179,12 @@ pub(crate) struct WorkloadRatio {
     /// The median ratio.
     #[serde(deserialize_with = "number_or_nan")]
     pub(crate) median: f64,
+    /// The smallest of the rounds' ratios (NaN when not given).
+    #[serde(default = "nan", deserialize_with = "number_or_nan")]
+    pub(crate) min: f64,
+    /// The largest of the rounds' ratios (NaN when not given).
+    #[serde(default = "nan", deserialize_with = "number_or_nan")]
+    pub(crate) max: f64,
     /// The issue's goal, if any (an empty one is none).
     #[serde(default)]
     pub(crate) goal: Option<String>,
@@ -281,11 +291,15 @@ mod tests {
         assert_eq!(workload.ids[1].l1_hit_ratio, None);
         assert_eq!(workload.ids[2].role, Role::Other);
         assert_eq!(workload.ratios[0].goal.as_deref(), Some("≥ 0.90"));
+        assert_eq!((workload.ratios[0].min, workload.ratios[0].max), (0.8, 0.9));
         assert_eq!(workload.config["tasks"], 64);
         let json = r#"{"ids":[{"id":"a","role":"ours","ops_per_sec":{"median":null,"min":null,"max":1.0}}]}"#;
         let workload: Workload = serde_json::from_str(json).unwrap();
         assert!(workload.ids[0].ops_per_sec.median.is_nan());
         assert_eq!(workload.ids[0].ops_per_sec.max, 1.0);
+        let json = r#"{"ids":[],"ratios":[{"label":"a / b","median":1.0}]}"#;
+        let workload: Workload = serde_json::from_str(json).unwrap();
+        assert!(workload.ratios[0].min.is_nan() && workload.ratios[0].goal.is_none());
     }
 
     #[test]
