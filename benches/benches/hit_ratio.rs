@@ -237,10 +237,12 @@ const POLICIES: [(L1Policy, &str); 2] = [(L1Policy::TinyLfu, "TinyLFU"), (L1Poli
 /// The replays of each (trace, capacity, TinyLFU) row, for ours and for raw moka alike: moka
 /// seeds TinyLFU's frequency sketch at random, so one replay per row says little (raw moka moves
 /// by more than a point from itself on P3/P6); the median of several does. LRU is deterministic:
-/// one replay each.
-const TINYLFU_RUNS: usize = 5;
-/// The environment variable overriding [`TINYLFU_RUNS`] (the medians of 5 still move by a few
-/// tenths of a point from run to run on P3/P6; more replays narrow that, at their cost).
+/// one replay each. One replay of P3 moves by 0.45–0.74 points (standard deviation): medians of 5
+/// per side missed 0.5 points in one row of two runs out of three, medians of 15 never (largest
+/// 0.24); 9 keeps `cargo xtask bench` well under its 15 minutes.
+const TINYLFU_RUNS: usize = 9;
+/// The environment variable overriding [`TINYLFU_RUNS`] (more replays narrow the medians' spread
+/// on P3/P6, at their cost: about 12 s per replay of all the rows, on two cores).
 const RUNS_ENV: &str = "LAYERCACHE_HIT_RATIO_RUNS";
 /// [`TINYLFU_RUNS`] under `cargo test --benches`.
 const TEST_MODE_TINYLFU_RUNS: usize = 2;
