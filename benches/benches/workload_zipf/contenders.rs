@@ -25,8 +25,9 @@ pub(crate) struct Served {
 
 /// A way to serve the trace's requests. Each task gets its own clone.
 pub(crate) trait Contender: Clone + Send + Sync + 'static {
-    /// The value of key number `id` (every key is in Redis beforehand).
-    fn get(&mut self, id: u64) -> impl Future<Output = Served> + Send;
+    /// The value of key number `id` (every key is in Redis beforehand), or why the request
+    /// failed (counted; ours and the baseline must never fail).
+    fn get(&mut self, id: u64) -> impl Future<Output = Result<Served, String>> + Send;
 
     /// Checks the contender's own account of the run (after the criterion pass) and returns its
     /// in-process hit ratio over the `tally`'s requests, `None` without an in-process tier.
@@ -80,10 +81,14 @@ async fn run_chunk<C: Contender>(
             let mut hits = 0_u64;
             for i in (start + t..start + CHUNK).step_by(TASKS) {
                 let id = u64::from(trace[i]);
-                let served = contender.get(id).await;
-                hits += u64::from(served.l1_hit);
-                if i.is_multiple_of(CHECK_EVERY) {
-                    tally.check(served.id == id);
+                match contender.get(id).await {
+                    Ok(served) => {
+                        hits += u64::from(served.l1_hit);
+                        if i.is_multiple_of(CHECK_EVERY) {
+                            tally.check(served.id == id);
+                        }
+                    }
+                    Err(why) => tally.fail(why),
                 }
             }
             tally.add_l1_hits(hits);
@@ -116,19 +121,19 @@ impl RawPrototype {
 }
 
 impl Contender for RawPrototype {
-    async fn get(&mut self, id: u64) -> Served {
+    async fn get(&mut self, id: u64) -> Result<Served, String> {
         if let Some(hit) = self.l1.get(&id).await {
-            return Served {
+            return Ok(Served {
                 id: black_box(hit).id,
                 l1_hit: true,
-            };
+            });
         }
-        let value = Arc::new(self.redis.fetch(id).await);
+        let value = Arc::new(self.redis.fetch(id).await?);
         self.l1.insert(id, Arc::clone(&value)).await;
-        Served {
+        Ok(Served {
             id: black_box(value).id,
             l1_hit: false,
-        }
+        })
     }
 
     fn finish(&self, _id: &str, tally: &Tally) -> Option<f64> {
@@ -159,23 +164,24 @@ impl RedisAlone {
         }
     }
 
-    async fn fetch(&mut self, id: u64) -> Payload {
+    async fn fetch(&mut self, id: u64) -> Result<Payload, String> {
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.raw_keys[id as usize].as_str())
             .query_async(&mut self.redis)
             .await
-            .unwrap();
-        serde_json::from_slice::<Payload>(&bytes.expect("in redis")).unwrap()
+            .map_err(|e| format!("redis-rs GET: {e}"))?;
+        let bytes = bytes.ok_or("a key that is in Redis read as a miss")?;
+        serde_json::from_slice::<Payload>(&bytes).map_err(|e| format!("serde_json: {e}"))
     }
 }
 
 impl Contender for RedisAlone {
-    async fn get(&mut self, id: u64) -> Served {
-        let value = self.fetch(id).await;
-        Served {
+    async fn get(&mut self, id: u64) -> Result<Served, String> {
+        let value = self.fetch(id).await?;
+        Ok(Served {
             id: black_box(value).id,
             l1_hit: false,
-        }
+        })
     }
 
     fn finish(&self, _id: &str, _tally: &Tally) -> Option<f64> {
@@ -213,19 +219,19 @@ impl Tiered {
 }
 
 impl Contender for Tiered {
-    async fn get(&mut self, id: u64) -> Served {
+    async fn get(&mut self, id: u64) -> Result<Served, String> {
         let value = self
             .cache
             .get_or_load(&self.keys[id as usize], |_key| async {
                 Ok::<_, layercache_core::Error>(None)
             })
             .await
-            .unwrap()
-            .expect("every key is in Redis");
-        Served {
+            .map_err(|e| format!("get_or_load: {e}"))?
+            .ok_or("a key that is in Redis read as absent")?;
+        Ok(Served {
             id: black_box(value).id,
             l1_hit: false,
-        }
+        })
     }
 
     fn finish(&self, id: &str, tally: &Tally) -> Option<f64> {

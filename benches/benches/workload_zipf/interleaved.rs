@@ -44,8 +44,9 @@ pub(crate) fn measure(
     hit_ratios: &[(&str, Option<f64>)],
 ) {
     let n = entries.len();
-    // Per id: (ops/s, CPU µs per request) of each round.
+    // Per id: (ops/s, CPU µs per request) of each round, and failed requests.
     let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); n];
+    let mut failed = vec![0_u64; n];
     let mut cursors = vec![0_usize; n];
     for round in 0..ROUNDS {
         for turn in 0..n {
@@ -67,6 +68,7 @@ pub(crate) fn measure(
                 }
             });
             tally.assert_correct(entries[at].id);
+            failed[at] += entries[at].check_failures(&tally);
             rounds[at].push((tally.ops_per_sec(), tally.cpu_per_request()));
         }
     }
@@ -106,6 +108,7 @@ pub(crate) fn measure(
             "ops_per_sec": spread(&ops(at)),
             "cpu_us_per_request": cpu(at),
             "l1_hit_ratio": hit_ratio,
+            "failed_requests": failed[at],
         }));
     }
 

@@ -107,6 +107,28 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// Ours and the baseline never fail a request (panics if one did); a peer's failures are
+    /// printed with the first one's reason, and it stays in the comparison. Returns the count.
+    pub(crate) fn check_failures(&self, tally: &Tally) -> u64 {
+        let (failed, first) = tally.failures();
+        if failed > 0 {
+            assert!(
+                self.role == Role::Peer,
+                "{}: {failed} requests failed, the first: {first:?}",
+                self.id
+            );
+            eprintln!(
+                "  {}: {failed} of {} requests FAILED (the first: {})",
+                self.id,
+                tally.requests(),
+                first.unwrap_or_default()
+            );
+        }
+        failed
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -183,6 +205,7 @@ fn workload_zipf(c: &mut Criterion) {
     for entry in entries.iter().filter(|entry| entry.tally.ran()) {
         let tally = &entry.tally;
         tally.assert_correct(entry.id);
+        entry.check_failures(tally);
         let hit_ratio = entry.runner.finish(entry.id, tally);
         eprintln!(
             "  {:<22} {} requests, {:.0} ops/s, {:.2} µs CPU/request, L1 hit ratio {}",

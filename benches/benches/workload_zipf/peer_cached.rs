@@ -58,19 +58,19 @@ impl PeerCached {
 }
 
 impl Contender for PeerCached {
-    async fn get(&mut self, id: u64) -> Served {
+    async fn get(&mut self, id: u64) -> Result<Served, String> {
         // A miss here would mean the cache-aside's loader runs: every key is in Redis, so none
-        // may happen.
+        // may happen; it is a failed request.
         let value = self
             .cache
             .async_cache_get(&id)
             .await
-            .expect("cached: async_cache_get")
-            .expect("cached: every key is in Redis");
-        Served {
+            .map_err(|e| format!("cached: async_cache_get: {e}"))?
+            .ok_or("cached: a key that is in Redis read as a miss")?;
+        Ok(Served {
             id: black_box(value).id,
             l1_hit: false,
-        }
+        })
     }
 
     /// The store keeps no statistics and has no in-process tier; `get` already fails on a miss.

@@ -84,9 +84,10 @@ impl PeerMultiTier {
 }
 
 impl Contender for PeerMultiTier {
-    async fn get(&mut self, id: u64) -> Served {
+    async fn get(&mut self, id: u64) -> Result<Served, String> {
         // The compute-on-miss never runs: every key is in Redis. A Redis read that fails is a
-        // miss to this crate, so it would run too, and fail the request here.
+        // miss to this crate (and a caller that waited on such a read computes too), so it would
+        // run too, and fail the request here.
         let value: Payload = self
             .cache
             .get_or_compute_typed(
@@ -95,19 +96,24 @@ impl Contender for PeerMultiTier {
                 || async { Err(CacheError::NotFound) },
             )
             .await
-            .expect("multi-tier-cache: every key is in L1 or Redis (the compute-on-miss ran)");
-        Served {
+            .map_err(|e| format!("multi-tier-cache: the compute-on-miss ran or failed: {e}"))?;
+        Ok(Served {
             id: black_box(value).id,
             l1_hit: false,
-        }
+        })
     }
 
-    /// Its statistics: no miss, a request count equal to the tally's (both count the
-    /// criterion pass, warm-up included); the L1 hit ratio is `l1_hits / requests` (requests
-    /// that waited on another's L2 read count as neither L1 nor L2 hits).
+    /// Its statistics: no more misses than failed requests, a request count equal to the
+    /// tally's (both count the criterion pass, warm-up included); the L1 hit ratio is
+    /// `l1_hits / requests` (requests that waited on another's L2 read count as neither L1 nor
+    /// L2 hits).
     fn finish(&self, id: &str, tally: &Tally) -> Option<f64> {
         let stats = self.cache.get_stats();
-        assert_eq!(stats.misses, 0, "{id}: a miss: {stats:?}");
+        // A miss ran the compute-on-miss, which fails the request: counted by the harness.
+        assert!(
+            stats.misses <= tally.failures().0,
+            "{id}: more misses than failed requests: {stats:?}"
+        );
         assert_eq!(
             stats.total_requests,
             tally.requests(),

@@ -1,5 +1,6 @@
 //! Per-id tallies of requests, time, CPU and checked values.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -14,6 +15,9 @@ pub(crate) struct Tally {
     l1_hits: AtomicU64,
     checked: AtomicU64,
     mismatched: AtomicU64,
+    /// Requests that failed, and why the first one did.
+    failed: AtomicU64,
+    first_failure: Mutex<Option<String>>,
 }
 
 impl Tally {
@@ -65,6 +69,27 @@ impl Tally {
         if !ok {
             self.mismatched.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A request that failed: counted, the first reason kept.
+    pub(crate) fn fail(&self, why: String) {
+        if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+            let mut first = self
+                .first_failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            first.get_or_insert(why);
+        }
+    }
+
+    /// Requests that failed, and why the first one did.
+    pub(crate) fn failures(&self) -> (u64, Option<String>) {
+        let first = self
+            .first_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        (self.failed.load(Ordering::Relaxed), first)
     }
 
     /// Panics unless values were checked and all of them were right.
