@@ -2,7 +2,7 @@
 //! ratios of `workload_zipf`, the hit ratios of `hit_ratio`), for the charts of
 //! `cargo xtask bench` (`benches/report`).
 //!
-//! A group calls [`write`] with a JSON value; it lands in `$LAYERCACHE_BENCH_DATA/<group>.json`
+//! A group calls [`write()`] with a JSON value; it lands in `$LAYERCACHE_BENCH_DATA/<group>.json`
 //! when [`DATA_ENV`] names a directory (what `cargo xtask bench` sets: `target/bench-data`), and
 //! nowhere otherwise, so a plain `cargo bench` leaves no files behind.
 
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// The environment variable naming the directory the results go to.
 pub const DATA_ENV: &str = "LAYERCACHE_BENCH_DATA";
 
-/// Where [`write`] puts `group`'s results, if anywhere.
+/// Where [`write()`] puts `group`'s results, if anywhere.
 pub fn path(group: &str) -> Option<PathBuf> {
     let dir = std::env::var_os(DATA_ENV).filter(|dir| !dir.is_empty())?;
     Some(PathBuf::from(dir).join(format!("{group}.json")))
