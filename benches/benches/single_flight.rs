@@ -43,14 +43,6 @@ const LOAD: Duration = Duration::from_millis(1);
 /// Concurrent callers per stampede.
 const CALLERS: usize = 1_000;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 /// The guarded in-process cache as the ids use it: a `TieredCache` with L1 only (single-flight,
 /// XFetch on, an hour's TTL).
 fn guarded() -> TieredCache<Payload> {
@@ -63,7 +55,7 @@ fn guarded() -> TieredCache<Payload> {
 }
 
 fn single_flight(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = benches::runtime();
     let payload = Payload::new(42);
     let key = KeySpace::new("bench")
         .expect("key space")
@@ -133,7 +125,7 @@ fn single_flight(c: &mut Criterion) {
 }
 
 fn stampede(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = benches::runtime();
     let payload = Arc::new(Payload::new(7));
     let ns = KeySpace::new("bench")
         .expect("key space")

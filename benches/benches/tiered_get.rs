@@ -64,14 +64,6 @@ const L2_KEYS: usize = 1_000;
 /// Keys per `bulk` read.
 const BULK: usize = 100;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 /// A loader that must never run (every key is cached); counts its calls.
 fn never_loader(calls: &Arc<AtomicU64>) -> Arc<impl Loader<Arc<Payload>> + use<>> {
     let calls = Arc::clone(calls);
@@ -145,12 +137,9 @@ fn fixture(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Fixture {
         let mut manager = ConnectionManager::new(client)
             .await
             .expect("redis connection");
-        let mut pipe = redis::pipe();
-        for (i, key) in raw_keys.iter().enumerate() {
-            let json = serde_json::to_vec(&Payload::new(i as u64)).expect("payload encodes");
-            pipe.cmd("SET").arg(key).arg(json).ignore();
-        }
-        pipe.query_async::<()>(&mut manager).await.expect("raw set");
+        benches::set_raw_payloads(&mut manager, &raw_keys, None, raw_keys.len())
+            .await
+            .expect("raw set");
 
         let l2 = RedisBackend::builder(server.url())
             .command_timeout(DEFAULT_L2_TIMEOUT)
@@ -168,7 +157,7 @@ fn fixture(rt: &tokio::runtime::Runtime, server: &RedisServer) -> Fixture {
 }
 
 fn tiered_get(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = benches::runtime();
     // Kept alive until the end of the groups; dropping it stops the server.
     let server = RedisServer::start();
     let fx = fixture(&rt, &server);

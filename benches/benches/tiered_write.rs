@@ -37,14 +37,6 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Sets per iteration, on as many distinct keys.
 const KEYS: usize = 64;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 /// The batch every iteration writes: key `i` holds `Payload::new(i)`.
 fn batch() -> Vec<(Key, Payload)> {
     let ns = KeySpace::new("bench")
@@ -108,7 +100,7 @@ async fn check_written(
 }
 
 fn tiered_write(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = benches::runtime();
     // Kept alive until the end of the group; dropping it stops the server.
     let server = RedisServer::start();
     let items = batch();

@@ -44,6 +44,50 @@ pub fn warm_up_time(default: Duration) -> Duration {
     }
 }
 
+/// The runtime every async group uses: tokio multi-thread with 2 workers, as on the 2-core CI
+/// machine.
+#[allow(
+    clippy::expect_used,
+    reason = "a benchmark cannot run without its runtime; failing to build one is fatal"
+)]
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Writes the plain JSON of `Payload::new(i)` under `keys[i]` with raw `SET`s (with `EX ttl` when
+/// `ttl` is given), `batch` keys (at least one) per pipeline: the values the raw redis-rs
+/// baselines read.
+#[allow(
+    clippy::expect_used,
+    reason = "a Payload is strings and integers: its JSON encoding cannot fail"
+)]
+pub async fn set_raw_payloads(
+    connection: &mut impl redis::aio::ConnectionLike,
+    keys: &[String],
+    ttl: Option<Duration>,
+    batch: usize,
+) -> redis::RedisResult<()> {
+    let batch = batch.max(1);
+    for (start, chunk) in keys.chunks(batch).enumerate() {
+        let mut pipe = redis::pipe();
+        for (j, key) in chunk.iter().enumerate() {
+            let id = (start * batch + j) as u64;
+            let json = serde_json::to_vec(&Payload::new(id)).expect("payload encodes");
+            let set = pipe.cmd("SET").arg(key).arg(json);
+            if let Some(ttl) = ttl {
+                set.arg("EX").arg(ttl.as_secs());
+            }
+            set.ignore();
+        }
+        pipe.query_async::<()>(connection).await?;
+    }
+    Ok(())
+}
+
 /// The length, in bytes, of the JSON of every [`Payload::new`].
 pub const PAYLOAD_JSON_LEN: usize = 1024;
 

@@ -99,20 +99,9 @@ pub(crate) fn fixture(rt: &tokio::runtime::Runtime, url: &str) -> Fixture {
         }
 
         let mut manager = setup_connection(url).await;
-        for (start, batch) in raw_keys.chunks(WRITE_BATCH).enumerate() {
-            let mut pipe = redis::pipe();
-            for (j, key) in batch.iter().enumerate() {
-                let id = (start * WRITE_BATCH + j) as u64;
-                let json = serde_json::to_vec(&Payload::new(id)).expect("payload encodes");
-                pipe.cmd("SET")
-                    .arg(key)
-                    .arg(json)
-                    .arg("EX")
-                    .arg(TTL.as_secs())
-                    .ignore();
-            }
-            pipe.query_async::<()>(&mut manager).await.expect("raw set");
-        }
+        benches::set_raw_payloads(&mut manager, &raw_keys, Some(TTL), WRITE_BATCH)
+            .await
+            .expect("raw set");
         let dbsize: u64 = redis::cmd("DBSIZE")
             .query_async(&mut manager)
             .await

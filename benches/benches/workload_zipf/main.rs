@@ -129,16 +129,8 @@ impl Entry {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 fn workload_zipf(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = benches::runtime();
     // Kept alive until the end of the group; dropping it stops the server.
     let server = RedisServer::start();
     let url = server.url();
