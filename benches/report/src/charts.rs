@@ -157,51 +157,24 @@ fn latency_panel(area: &Area<'_>, group: &str, ids: &[Latency]) -> DrawResult {
         .x_label_formatter(&|ns| time(*ns))
         .label_style((FONT, 15))
         .draw()?;
-    let (mut ours_labelled, mut raw_labelled) = (false, false);
+    let mut labelled = Vec::new();
     for (i, latency) in ids.iter().enumerate() {
-        let r = row(i);
-        let baseline = is_baseline(&latency.id);
-        let colour = if baseline { BASELINE } else { OURS };
-        let mut bar = Rectangle::new(
-            [
-                (x0, SegmentValue::Exact(r)),
-                (latency.median.max(x0), SegmentValue::Exact(r + 1)),
-            ],
-            colour.filled(),
-        );
-        bar.set_margin(8, 8, 0, 0);
-        let annotation = chart.draw_series(once(bar))?;
-        let first = if baseline {
-            !std::mem::replace(&mut raw_labelled, true)
+        let (colour, label) = if is_baseline(&latency.id) {
+            (BASELINE, "raw baseline")
         } else {
-            !std::mem::replace(&mut ours_labelled, true)
+            (OURS, "layercache")
         };
-        if first {
-            let label = if baseline {
-                "raw baseline"
-            } else {
-                "layercache"
-            };
-            annotation.label(label).legend(move |(x, y)| {
-                Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled())
-            });
-        }
-        let centre = SegmentValue::CenterOf(r);
-        let cap = |x: f64| {
-            EmptyElement::at((x.max(x0), centre.clone()))
-                + PathElement::new(vec![(0, -7), (0, 7)], BLACK.stroke_width(2))
+        // Log scale: whatever lies left of the axis is drawn at its start.
+        let bar = Bar {
+            row: row(i),
+            median: latency.median.max(x0),
+            low: latency.low.max(x0),
+            high: latency.high.max(x0),
+            colour,
+            label,
+            text: time(latency.median),
         };
-        chart.draw_series(once(PathElement::new(
-            vec![
-                (latency.low.max(x0), centre.clone()),
-                (latency.high.max(x0), centre.clone()),
-            ],
-            BLACK.stroke_width(2),
-        )))?;
-        chart.draw_series(once(cap(latency.low)))?;
-        chart.draw_series(once(
-            cap(latency.high) + Text::new(time(latency.median), (8, -8), (FONT, 15)),
-        ))?;
+        draw_bar(&mut chart, bar, &mut labelled)?;
     }
     chart
         .configure_series_labels()
@@ -210,6 +183,80 @@ fn latency_panel(area: &Area<'_>, group: &str, ids: &[Latency]) -> DrawResult {
         .border_style(BLACK)
         .label_font((FONT, 15))
         .draw()?;
+    Ok(())
+}
+
+/// One id's row of a horizontal bar chart whose ids are the y segments.
+struct Bar {
+    /// The id's segment, counted from the bottom.
+    row: usize,
+    /// Where the bar ends; it starts at the x axis's start.
+    median: f64,
+    /// The interval drawn as a whisker with an end cap at each end, when both are finite.
+    low: f64,
+    high: f64,
+    colour: RGBColor,
+    /// What `colour` stands for, in the legend.
+    label: &'static str,
+    /// Drawn right of the row's end: the whisker's high end, else the bar's.
+    text: String,
+}
+
+/// Draws `bar` on `chart`, and its legend entry if `labelled` does not hold its label yet (which
+/// it then does), so each label is in the legend once, in the order of first appearance.
+fn draw_bar<X>(
+    chart: &mut ChartContext<
+        '_,
+        BitMapBackend<'_>,
+        Cartesian2d<X, SegmentedCoord<RangedCoordusize>>,
+    >,
+    bar: Bar,
+    labelled: &mut Vec<&'static str>,
+) -> DrawResult
+where
+    X: Ranged<ValueType = f64>,
+{
+    let Bar {
+        row,
+        median,
+        low,
+        high,
+        colour,
+        label,
+        text,
+    } = bar;
+    let mut rectangle = Rectangle::new(
+        [
+            (chart.x_range().start, SegmentValue::Exact(row)),
+            (median, SegmentValue::Exact(row + 1)),
+        ],
+        colour.filled(),
+    );
+    rectangle.set_margin(8, 8, 0, 0);
+    let annotation = chart.draw_series(once(rectangle))?;
+    if !labelled.contains(&label) {
+        labelled.push(label);
+        annotation
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
+    }
+    let centre = SegmentValue::CenterOf(row);
+    let cap = |x: f64| {
+        EmptyElement::at((x, centre.clone()))
+            + PathElement::new(vec![(0, -7), (0, 7)], BLACK.stroke_width(2))
+    };
+    if low.is_finite() && high.is_finite() {
+        chart.draw_series(once(PathElement::new(
+            vec![(low, centre.clone()), (high, centre.clone())],
+            BLACK.stroke_width(2),
+        )))?;
+        chart.draw_series(once(cap(low)))?;
+        chart.draw_series(once(cap(high)))?;
+    }
+    let end = if high.is_finite() { high } else { median };
+    chart.draw_series(once(
+        EmptyElement::at((end, centre)) + Text::new(text, (8, -8), (FONT, 15)),
+    ))?;
     Ok(())
 }
 
@@ -271,51 +318,27 @@ pub(crate) fn workload_zipf_ops(path: &Path, workload: &Workload) -> DrawResult 
         .draw()?;
     let mut labelled = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        let r = row(i);
         let (colour, role) = role_colour(id.role);
         let ops = id.ops_per_sec;
-        // A missing figure (NaN) is drawn as nothing.
-        let or_zero = |v: f64| if v.is_finite() { v } else { 0.0 };
-        let mut bar = Rectangle::new(
-            [
-                (0.0, SegmentValue::Exact(r)),
-                (or_zero(ops.median), SegmentValue::Exact(r + 1)),
-            ],
-            colour.filled(),
-        );
-        bar.set_margin(8, 8, 0, 0);
-        let annotation = chart.draw_series(once(bar))?;
-        if !labelled.contains(&role) {
-            labelled.push(role);
-            annotation.label(role).legend(move |(x, y)| {
-                Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled())
-            });
-        }
-        let centre = SegmentValue::CenterOf(r);
         let mut text = format!("{} ops/s", rate(ops.median));
         if let Some(hits) = id.l1_hit_ratio {
             text.push_str(&format!(", L1 hits {:.1} %", 100.0 * hits));
         }
-        let cap = |x: f64| {
-            EmptyElement::at((x, centre.clone()))
-                + PathElement::new(vec![(0, -7), (0, 7)], BLACK.stroke_width(2))
+        // A missing figure (NaN) is drawn as nothing.
+        let bar = Bar {
+            row: row(i),
+            median: if ops.median.is_finite() {
+                ops.median
+            } else {
+                0.0
+            },
+            low: ops.min,
+            high: ops.max,
+            colour,
+            label: role,
+            text,
         };
-        if ops.min.is_finite() && ops.max.is_finite() {
-            chart.draw_series(once(PathElement::new(
-                vec![(ops.min, centre.clone()), (ops.max, centre.clone())],
-                BLACK.stroke_width(2),
-            )))?;
-            chart.draw_series(once(cap(ops.min)))?;
-            chart.draw_series(once(cap(ops.max)))?;
-        }
-        let end = if ops.max.is_finite() {
-            ops.max
-        } else {
-            or_zero(ops.median)
-        };
-        chart.draw_series(once(
-            EmptyElement::at((end, centre.clone())) + Text::new(text, (8, -8), (FONT, 15)),
-        ))?;
+        draw_bar(&mut chart, bar, &mut labelled)?;
     }
     chart
         .configure_series_labels()
