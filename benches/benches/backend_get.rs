@@ -31,11 +31,7 @@ use redis::aio::ConnectionManager;
 const TTL: Duration = Duration::from_secs(3600);
 
 fn backend_get(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = benches::runtime();
     // Kept alive until the end of the group; dropping it stops the server.
     let server = RedisServer::start();
 

@@ -263,11 +263,7 @@ async fn interleaved(raw: RawEvalsha, layer: impl Side<Input = Request<String>>)
 }
 
 fn rate_limit(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = benches::runtime();
     // Kept alive until the end of the group; dropping it stops the server.
     let server = RedisServer::start();
 

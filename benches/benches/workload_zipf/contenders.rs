@@ -1,4 +1,10 @@
 //! What serves the requests: one [`Contender`] per id, all driven by the same [`run_chunk`].
+//!
+//! Every id gets the request's number (a `u64`) and makes the key its API takes from it, as a
+//! service makes a key from its request: the prototype keys moka by the number itself and writes
+//! its Redis key on the stack on a miss ([`KeyText`]); `tiered` makes a [`Key`] with
+//! `Namespace::key`. None reads a table of pre-built keys: a table of 100,000 keys is megabytes,
+//! and reading it would cost a cache miss per request that no service pays.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -7,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::Payload;
-use layercache_core::EntryOptions;
+use layercache_core::{EntryOptions, Key, Namespace};
 use layercache_tiered::TieredCache;
 use redis::aio::ConnectionManager;
 use tokio::task::JoinSet;
@@ -146,7 +152,7 @@ impl Contender for RawPrototype {
 #[derive(Clone)]
 pub(crate) struct RedisAlone {
     redis: ConnectionManager,
-    raw_keys: Arc<Vec<String>>,
+    keys: KeyText,
 }
 
 impl RedisAlone {
@@ -160,13 +166,13 @@ impl RedisAlone {
             redis: ConnectionManager::new_with_config(client, config)
                 .await
                 .expect("redis connection"),
-            raw_keys: Arc::clone(&fx.raw_keys),
+            keys: KeyText::new(fx.raw_ns.scope()),
         }
     }
 
     async fn fetch(&mut self, id: u64) -> Result<Payload, String> {
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.raw_keys[id as usize].as_str())
+            .arg(self.keys.of(id).as_str())
             .query_async(&mut self.redis)
             .await
             .map_err(|e| format!("redis-rs GET: {e}"))?;
@@ -196,7 +202,7 @@ impl Contender for RedisAlone {
 #[derive(Clone)]
 pub(crate) struct Tiered {
     cache: Arc<TieredCache<Arc<Payload>>>,
-    keys: Arc<Vec<layercache_core::Key>>,
+    namespace: Namespace,
     l1: bool,
 }
 
@@ -212,7 +218,7 @@ impl Tiered {
         let builder = if l1 { builder } else { builder.without_l1() };
         Tiered {
             cache: Arc::new(builder.build().expect("tiered cache")),
-            keys: Arc::clone(&fx.keys),
+            namespace: fx.ns.clone(),
             l1,
         }
     }
@@ -220,11 +226,10 @@ impl Tiered {
 
 impl Contender for Tiered {
     async fn get(&mut self, id: u64) -> Result<Served, String> {
+        let key: Key = self.namespace.key(id).map_err(|e| format!("key: {e}"))?;
         let value = self
             .cache
-            .get_or_load(&self.keys[id as usize], |_key| async {
-                Ok::<_, layercache_core::Error>(None)
-            })
+            .get_or_load(&key, |_key| async { Ok::<_, layercache_core::Error>(None) })
             .await
             .map_err(|e| format!("get_or_load: {e}"))?
             .ok_or("a key that is in Redis read as absent")?;
@@ -244,5 +249,52 @@ impl Contender for Tiered {
             stats.l1_hits, stats.l1_misses, stats.l2_hits, stats.coalesced
         );
         self.l1.then(|| ratio(stats.l1_hits, tally.requests()))
+    }
+}
+
+/// The longest key [`KeyText`] writes.
+const KEY_TEXT_MAX: usize = 64;
+
+/// A key as a string made from a request's number on the stack (`prefix` then the number in
+/// decimal), without an allocation: how the hand-written ids and the peers whose API takes a
+/// `&str` make their keys.
+#[derive(Clone)]
+pub(crate) struct KeyText {
+    prefix: Arc<str>,
+}
+
+/// One key written by [`KeyText::of`].
+pub(crate) struct KeyBuf {
+    bytes: [u8; KEY_TEXT_MAX],
+    len: usize,
+}
+
+impl KeyText {
+    pub(crate) fn new(prefix: &str) -> Self {
+        assert!(
+            prefix.len() + 20 <= KEY_TEXT_MAX,
+            "a key prefix too long: {prefix}"
+        );
+        KeyText {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// `prefix` then `id`.
+    pub(crate) fn of(&self, id: u64) -> KeyBuf {
+        use std::io::Write as _;
+        let mut bytes = [0_u8; KEY_TEXT_MAX];
+        let mut rest = &mut bytes[..];
+        // Room checked in `new`: a u64 has at most 20 digits.
+        write!(rest, "{}{id}", self.prefix).expect("a key fits its buffer");
+        let len = KEY_TEXT_MAX - rest.len();
+        KeyBuf { bytes, len }
+    }
+}
+
+impl KeyBuf {
+    pub(crate) fn as_str(&self) -> &str {
+        // Written from a `str` and decimal digits.
+        std::str::from_utf8(&self.bytes[..self.len]).expect("a key is UTF-8")
     }
 }

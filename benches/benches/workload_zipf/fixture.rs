@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::Payload;
-use layercache_core::{Backend, Clock, EntryOptions, Key, KeySpace, SystemClock};
+use layercache_core::{Backend, Clock, EntryOptions, Key, KeySpace, Namespace, SystemClock};
 use layercache_redis::RedisBackend;
 use layercache_testkit::workload::zipf_trace;
 use redis::aio::ConnectionManager;
@@ -41,10 +41,10 @@ const _: () = assert!(TRACE_LEN.is_multiple_of(CHUNK));
 /// What every id shares.
 pub(crate) struct Fixture {
     pub(crate) trace: Arc<Vec<u32>>,
-    /// `keys[i]`: the envelope key of `Payload::new(i)` (what `tiered` reads).
-    pub(crate) keys: Arc<Vec<Key>>,
-    /// `raw_keys[i]`: the plain-JSON key of `Payload::new(i)` (what the hand-written ids read).
-    pub(crate) raw_keys: Arc<Vec<String>>,
+    /// The namespace of the envelopes `tiered` reads: key `ns.key(i)` holds `Payload::new(i)`.
+    pub(crate) ns: Namespace,
+    /// The namespace of the plain JSON the hand-written ids read: `raw_ns.key(i)` likewise.
+    pub(crate) raw_ns: Namespace,
 }
 
 /// A connection for setup commands, with [`SETUP_TIMEOUT`].
@@ -120,7 +120,7 @@ pub(crate) fn fixture(rt: &tokio::runtime::Runtime, url: &str) -> Fixture {
     );
     Fixture {
         trace: Arc::new(trace),
-        keys: Arc::new(keys),
-        raw_keys: Arc::new(raw_keys),
+        ns,
+        raw_ns,
     }
 }

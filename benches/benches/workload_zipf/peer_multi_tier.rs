@@ -19,15 +19,15 @@ use multi_tier_cache::{
 };
 use tokio::task::JoinSet;
 
-use crate::contenders::{Contender, Served};
+use crate::contenders::{Contender, KeyText, Served};
 use crate::fixture::{KEYS, L1_MAX_ENTRIES, TASKS, TTL};
 use crate::tally::{Tally, ratio};
 
 #[derive(Clone)]
 pub(crate) struct PeerMultiTier {
     cache: Arc<CacheManager>,
-    /// `keys[i]`: the key of `Payload::new(i)`.
-    keys: Arc<Vec<String>>,
+    /// The key of `Payload::new(i)`: `bench:mtc:{i}`.
+    keys: KeyText,
 }
 
 impl PeerMultiTier {
@@ -54,12 +54,11 @@ impl PeerMultiTier {
             .build()
             .await
             .expect("multi-tier-cache: CacheSystem");
-        let keys: Arc<Vec<String>> =
-            Arc::new((0..KEYS).map(|i| format!("bench:mtc:{i}")).collect());
+        let keys = KeyText::new("bench:mtc:");
 
         let mut writers = JoinSet::new();
         for first in 0..TASKS {
-            let (l2, keys) = (Arc::clone(&l2), Arc::clone(&keys));
+            let (l2, keys) = (Arc::clone(&l2), keys.clone());
             writers.spawn(async move {
                 // The serializer `CacheManager` reads with (JSON, its default).
                 let serializer = CacheSerializer::default();
@@ -67,7 +66,7 @@ impl PeerMultiTier {
                     let bytes = serializer
                         .serialize(&Payload::new(id as u64))
                         .expect("multi-tier-cache: serialize");
-                    l2.set_with_ttl(&keys[id], bytes, TTL)
+                    l2.set_with_ttl(keys.of(id as u64).as_str(), bytes, TTL)
                         .await
                         .expect("multi-tier-cache: L2 set_with_ttl");
                 }
@@ -91,7 +90,7 @@ impl Contender for PeerMultiTier {
         let value: Payload = self
             .cache
             .get_or_compute_typed(
-                &self.keys[id as usize],
+                self.keys.of(id).as_str(),
                 CacheStrategy::Custom(TTL),
                 || async { Err(CacheError::NotFound) },
             )
