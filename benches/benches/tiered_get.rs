@@ -22,6 +22,11 @@
 //!   before the clock starts. Each timed read is therefore an L1 miss, an L2 GET + decode, and the
 //!   L1 fill (checked per batch through the stats).
 //!
+//! After the group, `l2_hit` and `redis_raw` run again **interleaved** (see [`interleaved`]):
+//! a round trip on loopback drifts between two criterion ids by more than the goal's 10 %
+//! (`l2_hit` ≤ 1.10 × `redis_raw`), so the rounds alternate them and the median of the
+//! per-round ratios is printed (and put in `cargo xtask bench`'s summary).
+//!
 //! `bulk` (the first [`BULK`] of those keys, a fresh, warmed-up cache — empty L1 — per iteration,
 //! only the reads timed):
 //! - `get_many_100`: one `TieredCache::get_many` (one MGET for the 100 L1 misses).
@@ -85,6 +90,101 @@ async fn fresh_cache(fx: &Fixture) -> TieredCache<Arc<Payload>> {
     let warm = cache.get(&fx.warm_key).await.expect("warm-up read");
     assert!(warm.is_some(), "the warm-up key is in L2");
     cache
+}
+
+/// `redis_raw`'s read: a GET of `key` on a handle of the shared connection, and the JSON decoded.
+async fn raw_read(manager: &ConnectionManager, key: &str) -> Arc<Payload> {
+    // What a user of redis-rs does: a handle on the shared multiplexed connection.
+    let mut conn = manager.clone();
+    let bytes: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(black_box(key))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    black_box(Arc::new(serde_json::from_slice(&bytes.unwrap()).unwrap()))
+}
+
+/// `l2_hit`'s work: the first `batch` L2 keys read by a fresh cache (each an L1 miss, an L2 hit
+/// and the L1 fill, checked); only the reads are timed.
+async fn l2_batch(
+    fx: &Fixture,
+    loader: &Arc<impl Loader<Arc<Payload>> + 'static>,
+    batch: usize,
+) -> Duration {
+    let cache = fresh_cache(fx).await;
+    let start = Instant::now();
+    for key in &fx.l2_keys[..batch] {
+        black_box(cache.get_or_load_from(key, loader).await.unwrap().unwrap());
+    }
+    let elapsed = start.elapsed();
+    let stats = cache.stats();
+    assert_eq!(stats.l1_hits, 0, "{stats:?}");
+    assert_eq!(stats.l2_hits, batch as u64 + 1, "{stats:?}");
+    elapsed
+}
+
+/// Rounds of the interleaved check (fewer when it runs out of time).
+const ROUNDS: usize = 15;
+/// How long the interleaved check runs at most (4 s in quick mode).
+const INTERLEAVED_FOR: Duration = Duration::from_secs(15);
+
+/// Whether to run the interleaved check: under `cargo bench` (which passes `--bench`), not under
+/// `cargo test --benches`, nor under `--profile-time` (a profiler looks at one id at a time).
+fn interleaved_wanted() -> bool {
+    let bench = std::env::args().any(|a| a == "--bench");
+    bench && !std::env::args().any(|a| a.starts_with("--profile-time"))
+}
+
+/// `l2_hit` and `redis_raw` again, in rounds that alternate them (who goes first alternates too),
+/// each side reading [`L2_KEYS`] keys per round as its criterion id does: criterion runs the ids
+/// one after the other, and a Redis round trip on loopback drifts between them by more than the
+/// goal's 10 %. Prints the medians per read and the median of the per-round ratios.
+async fn interleaved(fx: &Fixture, loader: &Arc<impl Loader<Arc<Payload>> + 'static>) {
+    let run_for = if benches::quick() {
+        Duration::from_secs(4)
+    } else {
+        INTERLEAVED_FOR
+    };
+    let started = Instant::now();
+    let per_read = |d: Duration| d.as_secs_f64() * 1e6 / L2_KEYS as f64;
+    let (mut raw, mut l2, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    while raw.len() < ROUNDS && (raw.len() < 3 || started.elapsed() < run_for) {
+        let raw_side = async {
+            let start = Instant::now();
+            for key in &fx.raw_keys {
+                raw_read(&fx.manager, key).await;
+            }
+            per_read(start.elapsed())
+        };
+        let (r, t) = if raw.len() % 2 == 0 {
+            let r = raw_side.await;
+            (r, per_read(l2_batch(fx, loader, L2_KEYS).await))
+        } else {
+            let t = per_read(l2_batch(fx, loader, L2_KEYS).await);
+            (raw_side.await, t)
+        };
+        raw.push(r);
+        l2.push(t);
+        ratios.push(t / r);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (low, high) = ratios
+        .iter()
+        .fold((f64::MAX, 0.0_f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    eprintln!(
+        "tiered_get interleaved ({} rounds of {L2_KEYS} reads per side, who goes first \
+         alternating; medians):",
+        raw.len()
+    );
+    eprintln!("  redis_raw  {:.1} µs per read", median(raw));
+    eprintln!("  l2_hit     {:.1} µs per read", median(l2));
+    eprintln!(
+        "  ratio l2_hit / redis_raw {:.3} (rounds {low:.2}–{high:.2}; goal ≤ 1.10)",
+        median(ratios)
+    );
 }
 
 struct Fixture {
@@ -283,19 +383,9 @@ fn tiered_get(c: &mut Criterion) {
     group.bench_function("redis_raw", |b| {
         b.to_async(&rt).iter(|| {
             // What a user of redis-rs does: a handle on the shared multiplexed connection.
-            let mut conn = fx.manager.clone();
             let key = fx.raw_keys[next_raw % L2_KEYS].as_str();
             next_raw += 1;
-            async move {
-                let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                    .arg(black_box(key))
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                let value: Option<Arc<Payload>> =
-                    bytes.map(|b| Arc::new(serde_json::from_slice(&b).unwrap()));
-                black_box(value.unwrap())
-            }
+            raw_read(&fx.manager, key)
         });
     });
 
@@ -307,15 +397,7 @@ fn tiered_get(c: &mut Criterion) {
                 let mut done = 0_u64;
                 while done < iters {
                     let batch = (iters - done).min(L2_KEYS as u64) as usize;
-                    let cache = fresh_cache(fx).await;
-                    let start = Instant::now();
-                    for key in &fx.l2_keys[..batch] {
-                        black_box(cache.get_or_load_from(key, loader).await.unwrap().unwrap());
-                    }
-                    elapsed += start.elapsed();
-                    let stats = cache.stats();
-                    assert_eq!(stats.l1_hits, 0, "{stats:?}");
-                    assert_eq!(stats.l2_hits, batch as u64 + 1, "{stats:?}");
+                    elapsed += l2_batch(fx, loader, batch).await;
                     done += batch as u64;
                 }
                 elapsed
@@ -324,6 +406,10 @@ fn tiered_get(c: &mut Criterion) {
     });
 
     group.finish();
+
+    if interleaved_wanted() {
+        rt.block_on(interleaved(&fx, &loader));
+    }
 
     let mut group = c.benchmark_group("bulk");
     group

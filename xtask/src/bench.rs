@@ -152,6 +152,7 @@ const PRINTED_BLOCKS: &[&str] = &[
     "hit_ratio:",
     "stampede:",
     "rate_limit interleaved",
+    "tiered_get interleaved",
 ];
 
 /// The target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).

@@ -45,8 +45,11 @@ COMMANDS:
                       `cargo xtask bench tiered_get`) with short timings
                       (LAYERCACHE_BENCH_QUICK; `--full`: each group's own), then
                       target/bench-summary.md: medians with their spread, the ratios
-                      the issues name, what workload_zipf and hit_ratio print.
-                      About 10 minutes on 2 cores; needs redis-server (ensured).
+                      the issues name, what workload_zipf and hit_ratio print; and
+                      the charts (target/bench-charts/*.png). `--charts-only`
+                      redraws the charts from the last run's data without running.
+                      About 6 minutes on 2 cores once built; needs redis-server
+                      (ensured).
     fuzz [SECONDS]  Fuzz the envelope decoder for SECONDS (default 60) with cargo-fuzz
                       (installed when missing) on the stable toolchain, from the seed
                       corpus in fuzz/corpus/envelope_decode; crashes land in
@@ -62,6 +65,7 @@ ENVIRONMENT:
     LAYERCACHE_POSTGRES_BIN   directory holding initdb and postgres, used instead of PATH
     LAYERCACHE_TRACES         directory of the ARC traces for `bench` (default ../shared/traces)
     LAYERCACHE_TRACE_REQUESTS requests replayed per trace by `bench` (default 500000; 0: all)
+    LAYERCACHE_HIT_RATIO_RUNS replays of each TinyLFU row of `hit_ratio` per side (default 9)
     CARGO                     cargo binary to run (set by cargo itself)
 ";
 
