@@ -179,13 +179,6 @@ async fn in_flight(iters: u64, side: impl Side) -> Duration {
 const INTERLEAVED_FOR: Duration = Duration::from_secs(4);
 const PAIRS: usize = 100_000;
 
-/// Whether to run the interleaved check: under `cargo bench` (which passes `--bench`), not under
-/// `cargo test --benches`, nor under `--profile-time` (a profiler looks at one id at a time).
-fn interleaved_wanted() -> bool {
-    let mut args = std::env::args();
-    let bench = args.any(|a| a == "--bench");
-    bench && !std::env::args().any(|a| a.starts_with("--profile-time"))
-}
 /// Requests per block of the CPU-time rounds.
 const CPU_BLOCK: u32 = 250;
 
@@ -338,7 +331,7 @@ fn rate_limit(c: &mut Criterion) {
             .iter_custom(|iters| in_flight(iters, layer.clone()));
     });
     group.finish();
-    if interleaved_wanted() {
+    if benches::interleaved_wanted() {
         rt.block_on(interleaved(raw, layer));
     }
     let stats = limiter.stats();

@@ -128,13 +128,6 @@ const ROUNDS: usize = 15;
 /// How long the interleaved check runs at most (4 s in quick mode).
 const INTERLEAVED_FOR: Duration = Duration::from_secs(15);
 
-/// Whether to run the interleaved check: under `cargo bench` (which passes `--bench`), not under
-/// `cargo test --benches`, nor under `--profile-time` (a profiler looks at one id at a time).
-fn interleaved_wanted() -> bool {
-    let bench = std::env::args().any(|a| a == "--bench");
-    bench && !std::env::args().any(|a| a.starts_with("--profile-time"))
-}
-
 /// `l2_hit` and `redis_raw` again, in rounds that alternate them (who goes first alternates too),
 /// each side reading [`L2_KEYS`] keys per round as its criterion id does: criterion runs the ids
 /// one after the other, and a Redis round trip on loopback drifts between them by more than the
@@ -167,10 +160,6 @@ async fn interleaved(fx: &Fixture, loader: &Arc<impl Loader<Arc<Payload>> + 'sta
         l2.push(t);
         ratios.push(t / r);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (low, high) = ratios
         .iter()
         .fold((f64::MAX, 0.0_f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
@@ -179,11 +168,11 @@ async fn interleaved(fx: &Fixture, loader: &Arc<impl Loader<Arc<Payload>> + 'sta
          alternating; medians):",
         raw.len()
     );
-    eprintln!("  redis_raw  {:.1} µs per read", median(raw));
-    eprintln!("  l2_hit     {:.1} µs per read", median(l2));
+    eprintln!("  redis_raw  {:.1} µs per read", benches::median(raw));
+    eprintln!("  l2_hit     {:.1} µs per read", benches::median(l2));
     eprintln!(
         "  ratio l2_hit / redis_raw {:.3} (rounds {low:.2}–{high:.2}; goal ≤ 1.10)",
-        median(ratios)
+        benches::median(ratios)
     );
 }
 
@@ -407,7 +396,7 @@ fn tiered_get(c: &mut Criterion) {
 
     group.finish();
 
-    if interleaved_wanted() {
+    if benches::interleaved_wanted() {
         rt.block_on(interleaved(&fx, &loader));
     }
 

@@ -44,6 +44,25 @@ pub fn warm_up_time(default: Duration) -> Duration {
     }
 }
 
+/// Whether a group runs its interleaved check after criterion's pass: under `cargo bench` (which
+/// passes `--bench`), not under `cargo test --benches`, nor under `--profile-time` (a profiler
+/// looks at one id at a time).
+pub fn interleaved_wanted() -> bool {
+    let bench = std::env::args().any(|a| a == "--bench");
+    bench && !std::env::args().any(|a| a.starts_with("--profile-time"))
+}
+
+/// The median of `values` (the upper one of an even count; 0 when empty).
+///
+/// ```
+/// assert_eq!(benches::median(vec![3.0, 1.0, 2.0]), 2.0);
+/// assert_eq!(benches::median(Vec::new()), 0.0);
+/// ```
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// The runtime every async group uses: tokio multi-thread with 2 workers, as on the 2-core CI
 /// machine.
 #[allow(

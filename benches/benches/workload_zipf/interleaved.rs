@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
+use benches::median;
 use cpu_time::ProcessTime;
 use serde_json::json;
 
 use crate::fixture::{CHUNK, Fixture, KEYS, L1_MAX_ENTRIES, TASKS, TRACE_LEN, ZIPF_S};
-use crate::tally::{Tally, median};
+use crate::tally::Tally;
 use crate::{Entry, Role};
 
 /// Rounds of the interleaved measurement.
