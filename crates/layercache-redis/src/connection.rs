@@ -79,6 +79,17 @@ impl fmt::Debug for Connection {
     }
 }
 
+/// [`exec`] on a connection checked out of `pool`.
+async fn pooled<T: FromRedisValue>(
+    pool: &deadpool_redis::Pool,
+    req: Request<'_>,
+) -> Result<T, Attempt> {
+    let mut conn = pool.get().await.map_err(|e| {
+        Attempt::Other(Error::unavailable("no pooled redis connection").with_source(e))
+    })?;
+    exec(&mut *conn, req).await.map_err(Attempt::Redis)
+}
+
 async fn exec<T: FromRedisValue>(
     conn: &mut impl ConnectionLike,
     req: Request<'_>,
@@ -268,12 +279,9 @@ impl Connection {
                     Attempt::Redis(e)
                 })
             }
-            Inner::Pool(pool) => {
-                let mut conn = pool.get().await.map_err(|e| {
-                    Attempt::Other(Error::unavailable("no pooled redis connection").with_source(e))
-                })?;
-                exec(&mut *conn, req).await.map_err(Attempt::Redis)
-            }
+            // Boxed: a pool's checkout future is kilobytes, and an unboxed arm would make every
+            // request's future (on every connection kind) that large, copied at each await.
+            Inner::Pool(pool) => Box::pin(pooled(pool, req)).await,
         }
     }
 
@@ -316,7 +324,12 @@ impl Connection {
         bytes: usize,
         write: bool,
     ) -> Result<T> {
-        let attempt = async {
+        let bound = self.timeout.saturating_add(Duration::from_secs_f64(
+            bytes as f64 / self.transfer_rate as f64,
+        ));
+        // The attempt is built in the timeout's argument: held in a local first, it would take
+        // a second slot in this future (a future is moved, whole, at every await).
+        let result = match tokio::time::timeout(bound, async {
             match self.once(req).await {
                 Err(Attempt::Redis(e)) if idempotent == Idempotent::Yes && is_dropped(&e) => {
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -325,11 +338,9 @@ impl Connection {
                 }
                 other => other,
             }
-        };
-        let bound = self.timeout.saturating_add(Duration::from_secs_f64(
-            bytes as f64 / self.transfer_rate as f64,
-        ));
-        let result = match tokio::time::timeout(bound, attempt).await {
+        })
+        .await
+        {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(Attempt::Redis(e))) => redis_error(e),
             Ok(Err(Attempt::Other(e))) => e,

@@ -132,8 +132,9 @@ async fn release(guard: layercache_stampede::LockGuard, key: &Key) {
     }
 }
 
-fn newer(entry: &Stored<impl Sized>, than: Option<&EntryMeta>) -> bool {
-    than.is_none_or(|seen| entry.meta.created_at > seen.created_at)
+/// Whether `entry` was created after `than` (the creation of a value already seen), if any.
+fn newer(entry: &Stored<impl Sized>, than: Option<Timestamp>) -> bool {
+    than.is_none_or(|seen| entry.meta.created_at > seen)
 }
 
 impl<V: Clone + Send + Sync + 'static> Runtime<V> {
@@ -251,19 +252,22 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         self: Arc<Self>,
         key: Key,
         options: EntryOptions,
-        previous: Option<Stored<V>>,
+        mut previous: Option<Stored<V>>,
         load: impl LoadFn<V>,
     ) -> Result<Served<V>> {
+        // The flight's future is boxed once per miss: what it holds across an await is kept
+        // small (no second copy of `previous`, only the moment a seen value was created).
         let ticket = self.tiers.versions.begin(&key);
-        let seen = previous.as_ref().map(|p| p.meta.clone());
-        let mut previous = previous;
+        let seen = previous.as_ref().map(|p| p.meta.created_at);
         if let Some(entry) = self.tiers.l2_entry(&key).await {
             let now = self.now();
-            if entry.meta.is_fresh(now) && newer(&entry, seen.as_ref()) {
+            if entry.meta.is_fresh(now) && newer(&entry, seen) {
                 self.tiers.refill_last(ticket, &entry, now);
                 return Ok(Served::cached(entry.value));
             }
-            if !entry.meta.is_expired(now) && newer(&entry, previous.as_ref().map(|p| &p.meta)) {
+            if !entry.meta.is_expired(now)
+                && newer(&entry, previous.as_ref().map(|p| p.meta.created_at))
+            {
                 previous = Some(entry);
             }
         }
@@ -273,7 +277,7 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         let now = self.now();
         if let Some(entry) = self.tiers.l1_entry_at(&key, now)
             && entry.meta.is_fresh(now)
-            && newer(&entry, seen.as_ref())
+            && newer(&entry, seen)
         {
             return Ok(Served::cached(entry.value));
         }
@@ -303,10 +307,10 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         let max_wait = lock.options().max_wait;
         let deadline = tokio::time::Instant::now().checked_add(max_wait);
         let mut backoff = lock.backoff();
-        let seen = previous.as_ref().map(|p| p.meta.clone());
+        let seen = previous.as_ref().map(|p| p.meta.created_at);
         let fresh_in_l2 = || async {
             let entry = self.tiers.l2_entry(key).await?;
-            (entry.meta.is_fresh(self.now()) && newer(&entry, seen.as_ref())).then_some(entry)
+            (entry.meta.is_fresh(self.now()) && newer(&entry, seen)).then_some(entry)
         };
         loop {
             match lock.try_lock(key).await {

@@ -368,7 +368,9 @@ where
 {
     async fn get(&self, key: &Key) -> Result<Option<Entry<V>>> {
         if self.plain {
-            let mut entries = self.get_plain(std::slice::from_ref(key)).await?;
+            // Boxed: its pipeline's future would make every read's future (boxed by the trait,
+            // so allocated per read) larger than the allocator's fast path.
+            let mut entries = Box::pin(self.get_plain(std::slice::from_ref(key))).await?;
             return Ok(entries.pop().flatten());
         }
         let mut cmd = redis::cmd("GET");
