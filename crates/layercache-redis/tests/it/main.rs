@@ -6,6 +6,7 @@ mod cluster;
 mod conformance;
 mod costs;
 mod faults;
+mod footprint;
 mod ordering;
 mod plain;
 mod replication;
