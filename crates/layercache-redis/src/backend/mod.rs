@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use layercache_core::{
-    Backend, Clock, CoarseClock, Codec, Entry, Error, ErrorKind, JsonCodec, Key, Namespace, Result,
-    SharedClock, Timestamp, async_trait, envelope,
+    Backend, Clock, Codec, Entry, Error, ErrorKind, JsonCodec, Key, Namespace, Result, SharedClock,
+    SystemClock, Timestamp, async_trait, envelope,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -173,7 +173,7 @@ impl RedisBackend<JsonCodec> {
         RedisBackendBuilder {
             url: url.into(),
             codec: JsonCodec,
-            clock: Arc::new(CoarseClock::new()),
+            clock: Arc::new(SystemClock),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_reconnect_delay: DEFAULT_MAX_RECONNECT_DELAY,

@@ -1,3 +1,5 @@
+//! What a read costs beyond its round trip: its future's weight, and no clock thread.
+//!
 //! What a read's future weighs. `Backend::get` returns it boxed (async_trait), so it is allocated
 //! and copied once per L2 read: kept under 1 KiB, it stays on the allocator's fast path (glibc's
 //! per-thread cache takes blocks up to 1,032 bytes) and costs a copy of less than a kilobyte. An
@@ -38,4 +40,15 @@ async fn a_read_weighs_under_a_kilobyte_on_a_pool() {
         .unwrap();
     let weight = weight_of_a_read(&backend).await;
     assert!(weight <= MOST, "a read's future weighs {weight} bytes");
+}
+
+/// A backend built with the defaults reads the system clock (a vDSO call): no clock thread wakes
+/// the machine 1,000 times a second for the life of the process (ADR 0011).
+#[tokio::test]
+async fn the_default_clock_runs_no_thread() {
+    let backend = RedisBackend::connect(crate::shared_server().url())
+        .await
+        .unwrap();
+    weight_of_a_read(&backend).await;
+    assert!(!layercache_core::CoarseClock::is_running());
 }
