@@ -52,8 +52,8 @@ mod versions;
 
 pub use backend::Backend;
 pub use clock::{
-    COARSE_CLOCK_TICK, Clock, CoarseClock, ManualClock, PreciseClock, SYSTEM_CLOCK_TICK,
-    SharedClock, SystemClock,
+    COARSE_CLOCK_TICK, Clock, CoarseClock, ManualClock, PreciseClock, READ_ANCHOR,
+    READ_CLOCK_ERROR, SYSTEM_CLOCK_TICK, SharedClock, SystemClock,
 };
 #[cfg(feature = "msgpack")]
 pub use codec::MsgPackCodec;

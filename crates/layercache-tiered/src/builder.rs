@@ -363,6 +363,9 @@ impl<V: Clone + Send + Sync + 'static> TieredCacheBuilder<V> {
             Some(clock) => Arc::clone(clock),
             None => Arc::new(SystemClock),
         };
+        // The system clock calibrates the CPU's counter on its first read (about a millisecond):
+        // here, not in the cache's first request.
+        clock.now_for_reads();
         let l1 = if self.l1 {
             let mut builder = MokaBackend::builder()
                 .max_entries(self.l1_max_entries)

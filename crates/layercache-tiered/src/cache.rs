@@ -168,7 +168,8 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
         let runtime = &self.runtime;
         let tiers = &runtime.tiers;
         let started = tiers.latency.start_read();
-        let now = runtime.now();
+        // Only decides what to serve (fresh, stale, refresh due); what is stored reads `now()`.
+        let now = runtime.now_for_reads();
         let previous = match tiers.l1_entry_at(key, now) {
             Some(entry) if entry.meta.is_fresh(now) => {
                 tiers.counters.bump_l1_hits();
@@ -264,10 +265,10 @@ impl<V: Clone + Send + Sync + 'static> TieredCache<V> {
     /// stale entry or a cached absence.
     pub async fn get(&self, key: &Key) -> Result<Option<V>> {
         let tiers = &self.runtime.tiers;
-        let now = self.runtime.now();
+        let now = self.runtime.now_for_reads();
         // A peek, not a read: it is not counted among hits and misses (L2's own counters count
         // its L2 call).
-        if let Some(entry) = tiers.l1_entry(key).filter(|e| e.meta.is_fresh(now)) {
+        if let Some(entry) = tiers.l1_entry_at(key, now).filter(|e| e.meta.is_fresh(now)) {
             return Ok(entry.value);
         }
         let ticket = tiers.versions.begin(key);

@@ -142,6 +142,13 @@ impl<V: Clone + Send + Sync + 'static> Runtime<V> {
         self.tiers.clock.now()
     }
 
+    /// The time for a decision that stores nothing: whether an L1 entry is fresh, due for a
+    /// refresh or still servable as stale ([`Clock::now_for_reads`](layercache_core::Clock::now_for_reads):
+    /// the system clock answers it from the CPU's counter, in a third of the time).
+    pub(crate) fn now_for_reads(&self) -> Timestamp {
+        self.tiers.clock.now_for_reads()
+    }
+
     /// Whether a fresh entry is due for a background refresh.
     fn refresh_due(&self, options: &EntryOptions, meta: &EntryMeta, now: Timestamp) -> bool {
         let eager = options.eager_refresh().is_some_and(|fraction| {

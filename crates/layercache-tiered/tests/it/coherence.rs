@@ -274,15 +274,27 @@ async fn deletes_and_clears_reach_the_other_instances() {
         caches[0].set(key, "v".to_owned()).await.unwrap();
         assert!(caches[1].get(key).await.unwrap().is_some());
     }
-    let received = caches[1].stats().invalidations_received;
+    // Waits until "a" has sent `n` invalidations (one per set, delete or clear) and "b" and "c"
+    // have received them all: a set's own invalidation arriving late would otherwise satisfy a
+    // wait meant for the delete's.
+    let delivered = async |n: u64| {
+        wait_for(|| {
+            let sent = caches[0].stats().invalidations_sent;
+            sent >= n
+                && caches[1..]
+                    .iter()
+                    .all(|c| c.stats().invalidations_received >= sent)
+        })
+        .await;
+    };
+    delivered(2).await;
     caches[0].delete(&k1).await.unwrap();
-    wait_for(|| caches[1].stats().invalidations_received > received).await;
+    delivered(3).await;
     assert_eq!(caches[1].get(&k1).await.unwrap(), None);
     assert!(caches[1].get(&k2).await.unwrap().is_some());
 
-    let received = caches[2].stats().invalidations_received;
     caches[0].clear(&ns).await.unwrap();
-    wait_for(|| caches[2].stats().invalidations_received > received).await;
+    delivered(4).await;
     assert_eq!(caches[2].get(&k2).await.unwrap(), None);
 }
 
