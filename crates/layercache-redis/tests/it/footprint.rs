@@ -22,24 +22,19 @@ async fn weight_of_a_read(backend: &RedisBackend) -> usize {
     weight
 }
 
+/// On the shared connection and on a pool (whose checkout is the large arm, boxed).
 #[tokio::test]
-async fn a_read_weighs_under_a_kilobyte_on_the_shared_connection() {
-    let backend = RedisBackend::connect(crate::shared_server().url())
-        .await
-        .unwrap();
-    let weight = weight_of_a_read(&backend).await;
-    assert!(weight <= MOST, "a read's future weighs {weight} bytes");
-}
-
-#[tokio::test]
-async fn a_read_weighs_under_a_kilobyte_on_a_pool() {
-    let backend = RedisBackend::builder(crate::shared_server().url())
-        .pool(4)
-        .connect()
-        .await
-        .unwrap();
-    let weight = weight_of_a_read(&backend).await;
-    assert!(weight <= MOST, "a read's future weighs {weight} bytes");
+async fn a_read_weighs_under_a_kilobyte() {
+    let url = crate::shared_server().url();
+    let shared = RedisBackend::connect(url.clone()).await.unwrap();
+    let pooled = RedisBackend::builder(url).pool(4).connect().await.unwrap();
+    for (backend, kind) in [(&shared, "shared connection"), (&pooled, "pool")] {
+        let weight = weight_of_a_read(backend).await;
+        assert!(
+            weight <= MOST,
+            "a read's future weighs {weight} bytes on the {kind}"
+        );
+    }
 }
 
 /// A backend built with the defaults reads the system clock (a vDSO call): no clock thread wakes
