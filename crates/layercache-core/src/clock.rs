@@ -16,6 +16,16 @@ pub trait Clock: Send + Sync + Debug + 'static {
     /// clock may answer faster and up to [`READ_CLOCK_ERROR`] off. Never use it for a time that
     /// is stored or compared across processes (an entry's creation, a tombstone). Defaults to
     /// [`now`](Self::now).
+    ///
+    /// ```
+    /// use layercache_core::{Clock, READ_CLOCK_ERROR, SystemClock};
+    ///
+    /// let error = READ_CLOCK_ERROR.as_millis() as u64;
+    /// let before = SystemClock.now().as_millis();
+    /// let read = SystemClock.now_for_reads().as_millis(); // is this entry still fresh?
+    /// let after = SystemClock.now().as_millis();
+    /// assert!(before - error <= read && read <= after + error);
+    /// ```
     fn now_for_reads(&self) -> Timestamp {
         self.now()
     }
